@@ -1,0 +1,150 @@
+"""The Python front door: extend(), restore() and from_pretrained().
+
+``extend`` patches a loaded model in place: it rewrites the rope fields of its config,
+rebuilds the rotary modules from that config and records the patch under
+``config.ctxext``, keeping the replaced modules so that ``restore`` is exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .config import ExtensionRecord
+from .errors import CtxextError
+from .plan import apply_fields, plan_extension
+from .rope_config import read_rope_setup, text_config
+from .rotary_modules import find_rotary_modules, rebuild
+
+logger = logging.getLogger(__name__)
+
+_STATE = "_ctxext_state"
+
+
+def extend(
+    model: nn.Module,
+    method: str,
+    factor: float | None = None,
+    target_length: int | None = None,
+    original_length: int | None = None,
+    *,
+    replace: bool = False,
+    rope_layer_types: list[str] | None = None,
+    **params: Any,
+) -> nn.Module:
+    """Extend ``model``'s context window in place with ``method`` and return it.
+
+    Give ``factor`` (target / original length) or ``target_length``. ``original_length``
+    defaults to the config's ``max_position_embeddings``. ``params`` are the method's
+    parameters (see ``ctxext methods``). An already extended model, or one whose checkpoint
+    has its own rope scaling, is refused unless ``replace=True``. For configs with per-layer-type
+    rope parameters (Gemma 3) only ``full_attention`` layers are extended unless
+    ``rope_layer_types`` says otherwise.
+    """
+    config = text_config(model.config)
+    read_rope_setup(config)
+    rotary = find_rotary_modules(model)
+    if any(module.config is not config for _, _, module in rotary):
+        raise CtxextError("the rotary modules do not share the model's config; ctxext cannot patch this model")
+    if getattr(config, "ctxext", None):
+        if not replace:
+            method_name = config.ctxext.get("method", "?")
+            raise CtxextError(
+                f"model is already extended with '{method_name}'; call ctxext.restore(model) first or pass replace=True"
+            )
+        restore(model)
+        rotary = find_rotary_modules(model)
+
+    plan = plan_extension(
+        config,
+        method,
+        factor=factor,
+        target_length=target_length,
+        original_length=original_length,
+        rope_layer_types=rope_layer_types,
+        replace_native_scaling=replace,
+        params=params,
+    )
+    apply_fields(config, plan.fields)
+    swapped = []
+    try:
+        for parent, name, old in rotary:
+            new = rebuild(old)
+            if plan.method.prepare_module is not None:
+                plan.method.prepare_module(new)
+            setattr(parent, name, new)
+            swapped.append((parent, name, old))
+    except Exception:
+        for parent, name, old in swapped:
+            setattr(parent, name, old)
+        apply_fields(config, plan.record.replaced)
+        raise
+    config.ctxext = plan.record.to_dict()
+    model.__dict__[_STATE] = {"swapped": swapped, "replaced": plan.record.replaced}
+    return model
+
+
+def restore(model: nn.Module) -> nn.Module:
+    """Undo ``extend`` in place: the original rotary modules and config fields come back."""
+    config = text_config(model.config)
+    record = getattr(config, "ctxext", None)
+    if not record:
+        raise CtxextError("model is not extended by ctxext; nothing to restore")
+    state = model.__dict__.pop(_STATE, None)
+    if state is not None:
+        for parent, name, old in state["swapped"]:
+            setattr(parent, name, old)
+        apply_fields(config, state["replaced"])
+    else:  # loaded from a patched checkpoint without ctxext: rebuild from the recorded originals
+        apply_fields(config, ExtensionRecord.from_dict(record).replaced)
+        for parent, name, module in find_rotary_modules(model):
+            setattr(parent, name, rebuild(module))
+    del config.ctxext
+    return model
+
+
+def is_extended(model: nn.Module) -> bool:
+    return bool(getattr(text_config(model.config), "ctxext", None))
+
+
+def from_pretrained(path: str | Path, **kwargs: Any) -> nn.Module:
+    """Load a causal LM (HF directory or GGUF file) with its ctxext patch re-applied.
+
+    ``kwargs`` go to ``AutoModelForCausalLM.from_pretrained`` (``dtype``, ``device_map``, ...).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .checkpoint import resolve_model_path
+
+    location = resolve_model_path(path)
+    if location.gguf_file is not None:
+        return AutoModelForCausalLM.from_pretrained(location.directory, gguf_file=location.gguf_file, **kwargs)
+    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(location.directory)
+    tconfig = text_config(config)
+    saved = getattr(tconfig, "ctxext", None)
+    if not saved:
+        return AutoModelForCausalLM.from_pretrained(location.directory, config=config, **kwargs)
+
+    record = ExtensionRecord.from_dict(saved)
+    saved_rope_parameters = tconfig.rope_parameters
+    apply_fields(tconfig, record.replaced)
+    del tconfig.ctxext
+    model = AutoModelForCausalLM.from_pretrained(location.directory, config=config, **kwargs)
+    extend(
+        model,
+        record.method,
+        factor=record.factor,
+        original_length=record.original_length,
+        rope_layer_types=record.rope_layer_types,
+        replace=True,
+        **record.params,
+    )
+    if text_config(model.config).rope_parameters != saved_rope_parameters:
+        logger.warning(
+            "config.json's rope parameters differ from what this ctxext computes for %s; using ctxext's",
+            record.method,
+        )
+    return model

@@ -1,0 +1,326 @@
+"""The ``ctxext`` command line: patch, unpatch, info, methods, passkey.
+
+``patch`` on a model directory rewrites only config.json (so stock transformers reloads
+the extension); on a GGUF file it loads the model and saves a patched safetensors copy.
+Every bad input ends with one ``ctxext: error: ...`` line and exit status 2, files untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import shutil
+import sys
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .checkpoint import (
+    BACKUP,
+    check_writable,
+    copy_model_dir,
+    ensure_new_output,
+    read_config_json,
+    resolve_model_path,
+    unpatch_config,
+    write_patched_config,
+)
+from .config import ExtensionRecord
+from .errors import CtxextError
+from .plan import apply_fields, plan_extension
+from .registry import all_methods
+from .rope_config import read_rope_setup, text_config
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_numbers(text: str) -> list[float] | float:
+    """'1.5' -> 1.5; '1,1.2,1.4' -> list; '@factors.json' -> the JSON list in that file."""
+    try:
+        if text.startswith("@"):
+            values = json.loads(Path(text[1:]).read_text())
+        elif "," in text:
+            values = [float(v) for v in text.split(",") if v.strip()]
+        else:
+            return float(text)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"expected a number, a comma-separated list or @file.json ({exc})")
+    if not isinstance(values, list):
+        raise argparse.ArgumentTypeError("expected a JSON list of numbers")
+    return values
+
+
+def _method_parameters() -> dict[str, tuple[dataclasses.Field, list[str], Any]]:
+    """Every method parameter name -> (field, methods taking it, argparse type)."""
+    found: dict[str, tuple[dataclasses.Field, list[str], Any]] = {}
+    for method in all_methods():
+        hints = typing.get_type_hints(method.config_class)
+        for f in dataclasses.fields(method.config_class):
+            kind = _parse_numbers if "list" in str(hints[f.name]) else float
+            entry = found.setdefault(f.name, (f, [], kind))
+            entry[1].append(method.name)
+    return found
+
+
+def _add_patch_parser(commands) -> None:
+    p = commands.add_parser("patch", help="extend a model directory's config.json, or a GGUF file into --output")
+    p.add_argument("model", help="model directory, .gguf file, or 'smollm2' (the embedded default model)")
+    p.add_argument("--method", required=True, help="extension method (see 'ctxext methods')")
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--factor", type=float, help="scale factor: target length / original length")
+    length.add_argument("--target-length", type=int, help="target context length in tokens")
+    p.add_argument("--original-length", type=int, help="native context length (default: max_position_embeddings)")
+    p.add_argument("--output", type=Path, help="write a patched copy here instead of editing MODEL in place")
+    p.add_argument("--replace", action="store_true", help="replace an existing ctxext patch or native rope scaling")
+    p.add_argument("--rope-layer-types", help="comma-separated layer types to extend (per-layer-type configs)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype when saving a GGUF input")
+    p.add_argument("--dry-run", action="store_true", help="print the config.json diff and write nothing")
+    group = p.add_argument_group("method parameters")
+    for name, (f, methods, kind) in sorted(_method_parameters().items()):
+        group.add_argument(_flag(name), dest=f"param_{name}", type=kind, default=None, metavar=name.upper(),
+                           help=f"{f.metadata.get('help', '')} [{', '.join(methods)}]")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other ctxext error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"ctxext: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ctxext", description="Extend the context window of RoPE language models.")
+    parser.add_argument("--version", action="version", version=f"ctxext {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_patch_parser(commands)
+    p = commands.add_parser("unpatch", help="give back a patched directory's original config.json")
+    p.add_argument("model", help="model directory patched by 'ctxext patch'")
+    commands.add_parser("methods", help="list the methods, their parameters and papers")
+    p = commands.add_parser("info", help="architecture, rotary setup, native/extended length, ctxext patch")
+    p.add_argument("model", help="model directory, .gguf file, or 'smollm2'")
+    p = commands.add_parser("passkey", help="passkey retrieval check (greedy, KV cache)")
+    p.add_argument("model", help="model directory, .gguf file, or 'smollm2'")
+    p.add_argument("--length", type=int, default=1500, help="prompt length in tokens (default 1500)")
+    p.add_argument("--depths", default="0,0.5", help="comma-separated needle depths in [0, 1] (default 0,0.5)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _collect_params(args: argparse.Namespace) -> dict[str, Any]:
+    return {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+
+
+def _plan_for(config, args):
+    layer_types = args.rope_layer_types.split(",") if args.rope_layer_types else None
+    return plan_extension(
+        config,
+        args.method,
+        factor=args.factor,
+        target_length=args.target_length,
+        original_length=args.original_length,
+        rope_layer_types=layer_types,
+        replace_native_scaling=args.replace,
+        params=_collect_params(args),
+    )
+
+
+def _unpatched_config(directory: Path):
+    """The directory's config with any ctxext patch taken off (in memory only)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(directory)
+    tconfig = text_config(config)
+    saved = getattr(tconfig, "ctxext", None)
+    if saved:
+        apply_fields(tconfig, ExtensionRecord.from_dict(saved).replaced)
+        del tconfig.ctxext
+    return config, saved
+
+
+def _patched_json(original: dict[str, Any], plan) -> dict[str, Any]:
+    patched = dict(original)
+    patched.pop("ctxext", None)
+    patched.pop("rope_scaling", None)  # transformers would let it override rope_parameters
+    patched.update(json.loads(json.dumps(plan.fields)))
+    if "rope_theta" in patched and "rope_theta" in plan.fields["rope_parameters"]:
+        patched["rope_theta"] = plan.fields["rope_parameters"]["rope_theta"]
+    patched["ctxext"] = plan.record.to_dict()
+    return patched
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    location = resolve_model_path(args.model)
+    if location.gguf_file is not None:
+        return _patch_gguf(args, location)
+    directory = location.directory
+    raw, data = read_config_json(directory)
+    config, saved = _unpatched_config(directory)
+    if saved and not args.replace:
+        raise CtxextError(f"{directory} is already patched with '{saved.get('method')}'; use --replace or 'ctxext unpatch'")
+    plan = _plan_for(config, args)
+    backup = directory / BACKUP
+    original_raw = backup.read_bytes() if saved and backup.exists() else raw
+    original = json.loads(original_raw) if saved and backup.exists() else data
+    patched = _patched_json(original, plan)
+    if args.dry_run:
+        before = json.dumps(data, indent=2, sort_keys=True).splitlines()
+        after = json.dumps(patched, indent=2, sort_keys=True).splitlines()
+        print("\n".join(difflib.unified_diff(before, after, "config.json", "config.json (patched)", lineterm="")))
+        return 0
+    if args.output is not None:
+        copy_model_dir(directory, args.output)
+        directory = args.output
+    else:
+        check_writable(directory)
+    write_patched_config(directory, original_raw, patched)
+    _report(directory, plan)
+    return 0
+
+
+def _patch_gguf(args: argparse.Namespace, location) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .api import extend
+
+    if args.output is None:
+        raise CtxextError("a GGUF file can only be patched into a new directory: add --output DIR")
+    if args.dry_run:
+        raise CtxextError("--dry-run needs a model directory with a config.json, not a GGUF file")
+    ensure_new_output(args.output)
+    model = AutoModelForCausalLM.from_pretrained(
+        location.directory, gguf_file=location.gguf_file, dtype=getattr(torch, args.dtype)
+    )
+    layer_types = args.rope_layer_types.split(",") if args.rope_layer_types else None
+    extend(model, args.method, factor=args.factor, target_length=args.target_length,
+           original_length=args.original_length, replace=args.replace, rope_layer_types=layer_types,
+           **_collect_params(args))
+    tokenizer = AutoTokenizer.from_pretrained(location.directory, gguf_file=location.gguf_file)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.output.name}.", dir=args.output.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.replace(args.output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    record = text_config(model.config).ctxext
+    print(f"patched {location.gguf_file} with {record['method']} -> {args.output} (safetensors)")
+    return 0
+
+
+def _report(directory: Path, plan) -> None:
+    record = plan.record
+    print(f"patched {directory}: {record.method} x{record.factor:g}, {record.original_length} -> {record.target_length} tokens")
+    if not plan.method.stock_loadable:
+        print(f"note: '{record.method}' needs ctxext to load: use ctxext.from_pretrained('{directory}')")
+
+
+def cmd_unpatch(args: argparse.Namespace) -> int:
+    location = resolve_model_path(args.model)
+    if location.gguf_file is not None:
+        raise CtxextError("GGUF files are never patched in place; nothing to unpatch")
+    directory = location.directory
+    _, data = read_config_json(directory)
+    saved = data.get("ctxext")
+    if not saved and not (directory / BACKUP).exists():
+        raise CtxextError(f"{directory}: config.json carries no ctxext patch")
+    check_writable(directory)
+    how = unpatch_config(directory, ExtensionRecord.from_dict(saved).replaced if saved else None)
+    print(f"unpatched {directory}: {how}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    for method in all_methods():
+        aliases = f" (alias: {', '.join(method.aliases)})" if method.aliases else ""
+        loads = "stock transformers reloads it" if method.stock_loadable else "reload with ctxext.from_pretrained"
+        print(f"{method.name}{aliases}: {method.summary}")
+        print(f"    paper: {method.paper}; {loads}")
+        for f in dataclasses.fields(method.config_class):
+            print(f"    {_flag(f.name)} (default {f.default if f.default is not dataclasses.MISSING else f.default_factory()}): "
+                  f"{f.metadata.get('help', '')}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig
+
+    location = resolve_model_path(args.model)
+    if location.gguf_file is not None:
+        config = AutoConfig.from_pretrained(location.directory, gguf_file=location.gguf_file)
+    else:
+        config = AutoConfig.from_pretrained(location.directory)
+    tconfig = text_config(config)
+    setup = read_rope_setup(tconfig)
+    record = getattr(tconfig, "ctxext", None)
+    archs = ", ".join(getattr(config, "architectures", None) or []) or "?"
+    print(f"model:        {location.directory / (location.gguf_file or '')}")
+    print(f"architecture: {archs} (model_type {setup.model_type})")
+    print(f"layers:       {tconfig.num_hidden_layers}, heads {tconfig.num_attention_heads}, "
+          f"kv heads {getattr(tconfig, 'num_key_value_heads', None) or tconfig.num_attention_heads}, head_dim {setup.head_dim}")
+    for layer_type, params in setup.parameters.items():
+        label = f"rope[{layer_type}]" if layer_type else "rope"
+        extra = {k: v for k, v in params.items() if k not in ("rope_type", "rope_theta")}
+        print(f"{label + ':':<14}type {params.get('rope_type', 'default')}, theta {params.get('rope_theta')}, "
+              f"rotary dim {setup.rotary_dim(layer_type)}" + (f", {json.dumps(extra)}" if extra else ""))
+    if record:
+        print(f"native length:   {record['original_length']}")
+        print(f"extended length: {record['target_length']}")
+        print(f"ctxext patch:    {record['method']} x{record['factor']:g}, params {json.dumps(record['params'])}, "
+              f"ctxext {record['version']}")
+    else:
+        print(f"native length:   {setup.native_length}")
+        print("ctxext patch:    none")
+    return 0
+
+
+def cmd_passkey(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoTokenizer
+
+    from .api import from_pretrained
+    from .eval.passkey import run_passkey
+
+    try:
+        depths = [float(d) for d in args.depths.split(",")]
+    except ValueError:
+        raise CtxextError(f"--depths must be comma-separated numbers, got {args.depths!r}") from None
+    if not all(0 <= d <= 1 for d in depths):
+        raise CtxextError(f"--depths must lie in [0, 1], got {args.depths}")
+    location = resolve_model_path(args.model)
+    model = from_pretrained(args.model, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(location.directory, gguf_file=location.gguf_file)
+    results = run_passkey(model, tokenizer, args.length, depths, seed=args.seed)
+    for r in results:
+        print(f"length {r.n_tokens:>6} depth {r.depth:4.0%} key {r.expected} -> {r.generated.strip()!r} "
+              f"{'ok' if r.correct else 'WRONG'}")
+    print(f"passkey: {sum(r.correct for r in results)}/{len(results)} correct")
+    return 0
+
+
+COMMANDS = {"patch": cmd_patch, "unpatch": cmd_unpatch, "methods": cmd_methods, "info": cmd_info,
+            "passkey": cmd_passkey}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CtxextError as exc:
+        print(f"ctxext: error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"ctxext: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

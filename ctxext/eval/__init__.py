@@ -1,0 +1,1 @@
+"""Evaluation of extended models. For now: passkey retrieval (:mod:`ctxext.eval.passkey`)."""

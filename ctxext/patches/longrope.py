@@ -1,0 +1,72 @@
+"""LongRoPE: per-dimension rescale factors, one list for short inputs and one for long ones.
+
+Ding et al. 2024, "LongRoPE: Extending LLM Context Window Beyond 2 Million Tokens". The
+factors come from the paper's evolutionary search; ctxext does not search, the user gives
+them (a list of d/2 numbers, or one number for all dimensions). Inputs up to L use
+``short_factor``, longer ones ``long_factor``; cos/sin are multiplied by
+sqrt(1 + ln(s) / ln(L)) unless ``attention_factor`` is given. Written as transformers'
+``longrope`` rope type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import MethodConfig, param
+from ..errors import CtxextError
+from ..registry import RopeMethod, Scaling, register
+from .common import base_parameters
+
+
+@dataclass
+class LongRopeConfig(MethodConfig):
+    """Parameters of LongRoPE."""
+
+    long_factor: list[float] | float | None = param(None, "rescale factors (d/2 numbers, or one) beyond L; required")
+    short_factor: list[float] | float = param(1.0, "rescale factors (d/2 numbers, or one) up to L")
+    attention_factor: float | None = param(None, "cos/sin multiplier; default sqrt(1+ln(s)/ln(L))")
+
+    def check(self) -> None:
+        super().check()
+        if self.long_factor is None:
+            raise CtxextError("longrope needs long_factor (d/2 numbers, or one number for all dimensions)")
+        for name in ("long_factor", "short_factor"):
+            values = getattr(self, name)
+            values = values if isinstance(values, list) else [values]
+            if not values or not all(isinstance(v, (int, float)) and v > 0 for v in values):
+                raise CtxextError(f"longrope {name} must be positive numbers, got {getattr(self, name)!r}")
+        if self.attention_factor is not None and self.attention_factor <= 0:
+            raise CtxextError(f"longrope attention_factor must be > 0, got {self.attention_factor}")
+
+
+def _per_dimension(name: str, values: list[float] | float, rotary_dim: int) -> list[float]:
+    if not isinstance(values, list):
+        return [float(values)] * (rotary_dim // 2)
+    if len(values) != rotary_dim // 2:
+        raise CtxextError(f"longrope {name} needs {rotary_dim // 2} numbers (rotary dim / 2), got {len(values)}")
+    return [float(v) for v in values]
+
+
+def build(native: dict, scaling: Scaling, config: LongRopeConfig) -> dict:
+    parameters = {
+        **base_parameters(native),
+        "rope_type": "longrope",
+        "factor": float(scaling.factor),
+        "original_max_position_embeddings": int(scaling.original_length),
+        "long_factor": _per_dimension("long_factor", config.long_factor, scaling.rotary_dim),
+        "short_factor": _per_dimension("short_factor", config.short_factor, scaling.rotary_dim),
+    }
+    if config.attention_factor is not None:
+        parameters["attention_factor"] = float(config.attention_factor)
+    return parameters
+
+
+register(
+    RopeMethod(
+        name="longrope",
+        config_class=LongRopeConfig,
+        summary="per-dimension rescale factors (user-given short/long lists)",
+        paper="https://arxiv.org/abs/2402.13753",
+        build=build,
+    )
+)

@@ -1,0 +1,116 @@
+"""Turning (config, method, lengths, parameters) into the config fields a patch writes.
+
+Shared by ``extend()`` (which also rebuilds the rotary modules of a loaded model) and by
+``ctxext patch`` (which only rewrites config.json), so both produce the same config.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from . import __version__
+from .config import ExtensionRecord, MethodConfig
+from .errors import CtxextError
+from .registry import RopeMethod, Scaling, get_method
+from .rope_config import read_rope_setup, text_config
+
+
+@dataclass
+class ExtensionPlan:
+    method: RopeMethod
+    method_config: MethodConfig
+    scalings: dict[str | None, Scaling]
+    fields: dict[str, Any]  # config attribute -> new value
+    record: ExtensionRecord
+
+
+def resolve_lengths(
+    native_length: int, factor: float | None, target_length: int | None, original_length: int | None
+) -> tuple[float, int, int]:
+    """(factor, original length, target length) from whichever the caller gave."""
+    original = native_length if original_length is None else original_length
+    if isinstance(original, bool) or not isinstance(original, int) or original <= 0:
+        raise CtxextError(f"original length must be a positive integer, got {original!r}")
+    if (factor is None) == (target_length is None):
+        raise CtxextError("give exactly one of factor or target length")
+    if factor is not None:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
+            raise CtxextError(f"factor must be a finite number, got {factor!r}")
+        if factor <= 1:
+            raise CtxextError(f"factor must be greater than 1 (got {factor}); 1 or less would not extend anything")
+        return float(factor), original, int(round(original * factor))
+    if isinstance(target_length, bool) or not isinstance(target_length, int):
+        raise CtxextError(f"target length must be an integer, got {target_length!r}")
+    if target_length <= original:
+        raise CtxextError(f"target length {target_length} must be above the original length {original}")
+    return target_length / original, original, target_length
+
+
+def plan_extension(
+    config: Any,
+    method: str,
+    *,
+    factor: float | None = None,
+    target_length: int | None = None,
+    original_length: int | None = None,
+    rope_layer_types: list[str] | None = None,
+    replace_native_scaling: bool = False,
+    params: dict[str, Any] | None = None,
+) -> ExtensionPlan:
+    """Compute the patched config fields; ``config`` must not carry a ctxext patch."""
+    rope_method = get_method(method)
+    method_config = rope_method.config_class.from_params(rope_method.name, dict(params or {}))
+    config = text_config(config)
+    setup = read_rope_setup(config)
+    if getattr(config, "ctxext", None):
+        raise CtxextError("model is already extended by ctxext; restore it first or ask to replace the extension")
+    layer_types = setup.select_layer_types(rope_layer_types)
+    if setup.per_layer_type and not rope_method.supports_per_layer_type:
+        raise CtxextError(f"method '{rope_method.name}' does not support per-layer-type rope configs ({setup.model_type})")
+    factor, original, target = resolve_lengths(setup.native_length, factor, target_length, original_length)
+
+    for layer_type in layer_types:
+        native_type = setup.parameters[layer_type].get("rope_type", "default")
+        if native_type != "default" and not replace_native_scaling:
+            raise CtxextError(
+                f"model already uses '{native_type}' rope scaling; pass replace=True (--replace) to replace it"
+            )
+
+    new_rope_parameters = copy.deepcopy(config.rope_parameters)
+    scalings = {}
+    for layer_type in layer_types:
+        scaling = Scaling(factor, original, target, setup.rotary_dim(layer_type))
+        built = rope_method.build(setup.parameters[layer_type], scaling, method_config)
+        if layer_type is None:
+            new_rope_parameters = built
+        else:
+            new_rope_parameters[layer_type] = built
+        scalings[layer_type] = scaling
+
+    fields = {
+        "rope_parameters": new_rope_parameters,
+        "max_position_embeddings": original if rope_method.dynamic else target,
+    }
+    if hasattr(config, "original_max_position_embeddings"):
+        # Phi-3 style configs: transformers prefers this field over the rope parameters' own.
+        fields["original_max_position_embeddings"] = original
+    replaced = {name: copy.deepcopy(getattr(config, name)) for name in fields}
+    record = ExtensionRecord(
+        method=rope_method.name,
+        factor=factor,
+        original_length=original,
+        target_length=target,
+        params=method_config.to_dict(),
+        rope_layer_types=None if layer_types == [None] else list(layer_types),
+        replaced=replaced,
+        version=__version__,
+    )
+    return ExtensionPlan(rope_method, method_config, scalings, fields, record)
+
+
+def apply_fields(config: Any, fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
+        setattr(config, name, copy.deepcopy(value))

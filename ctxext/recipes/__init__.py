@@ -1,0 +1,1 @@
+"""LoRA fine-tune recipes for extended models (peft); installed with ``ctxext[train]``."""

@@ -1,0 +1,65 @@
+"""Tiny random models of every supported family, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+NATIVE = 64  # native context length of the tiny models
+COMMON = dict(vocab_size=128, num_hidden_layers=2, intermediate_size=64, max_position_embeddings=NATIVE,
+              bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+FAMILIES = {
+    "llama": lambda: LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **COMMON),
+    "mistral": lambda: MistralConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                     sliding_window=None, **COMMON),
+    "qwen2": lambda: Qwen2Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **COMMON),
+    "qwen3": lambda: Qwen3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32, **COMMON),
+    "phi3": lambda: Phi3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                               partial_rotary_factor=0.5, original_max_position_embeddings=NATIVE, **COMMON),
+    "gpt_neox": lambda: GPTNeoXConfig(hidden_size=64, num_attention_heads=4, rotary_pct=0.25, **COMMON),
+    "gemma3_text": lambda: Gemma3TextConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                            sliding_window=16, **{**COMMON, "num_hidden_layers": 3},
+                                            layer_types=["sliding_attention", "sliding_attention", "full_attention"]),
+}
+
+
+def make_model(family: str = "llama", seed: int = 0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    config = FAMILIES[family]()
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    return model
+
+
+def logits(model, input_ids, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=input_ids, **kwargs).logits
+
+
+def tokens(length: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 128, (batch, length), generator=generator)
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    """A saved tiny Llama checkpoint directory."""
+    model = make_model("llama")
+    path = tmp_path / "tiny-llama"
+    model.save_pretrained(path)
+    return path
