@@ -97,6 +97,7 @@ def plan_extension(
     if hasattr(config, "original_max_position_embeddings"):
         # Phi-3 style configs: transformers prefers this field over the rope parameters' own.
         fields["original_max_position_embeddings"] = original
+    _check_transformers_accepts(config, fields, setup.model_type)
     replaced = {name: copy.deepcopy(getattr(config, name)) for name in fields}
     record = ExtensionRecord(
         method=rope_method.name,
@@ -109,6 +110,18 @@ def plan_extension(
         version=__version__,
     )
     return ExtensionPlan(rope_method, method_config, scalings, fields, record)
+
+
+def _check_transformers_accepts(config: Any, fields: dict[str, Any], model_type: str) -> None:
+    """Run the model config's own rope validation on the patched fields (Phi-3 takes only longrope)."""
+    trial = copy.deepcopy(config)
+    apply_fields(trial, fields)
+    try:
+        trial.validate_rope()
+    except (ValueError, KeyError, TypeError) as exc:
+        cause = getattr(exc, "__cause__", None) or exc
+        message = str(cause).strip().splitlines()[-1]
+        raise CtxextError(f"transformers' {model_type} config refuses this patch: {message}") from None
 
 
 def apply_fields(config: Any, fields: dict[str, Any]) -> None:

@@ -34,6 +34,15 @@ FAMILIES = {
 }
 
 
+def unsupported(family: str, method: str) -> str | None:
+    """Why ``method`` cannot patch ``family`` (None when it can); extend() refuses these."""
+    if family == "phi3" and method not in ("longrope", "ntk"):
+        return "transformers' Phi-3 config accepts only the longrope rope type"
+    if family == "gemma3_text" and method == "dynamic-yarn":
+        return "dynamic-yarn refuses per-layer-type configs"
+    return None
+
+
 def make_model(family: str = "llama", seed: int = 0, dtype=torch.float32):
     torch.manual_seed(seed)
     config = FAMILIES[family]()

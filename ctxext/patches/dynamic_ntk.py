@@ -8,7 +8,8 @@ length silently switches the scaling off. This patch therefore leaves
 ``max_position_embeddings`` at the original length and records the target length in
 ``config.ctxext``. Known limit (shared with transformers): the KV cache holds keys rotated
 with the base of the step they were computed at, so during generation beyond L older keys
-keep a slightly smaller base than new queries.
+keep a slightly smaller base than new queries. Through ctxext, the scale depends on the
+current input only (see :mod:`ctxext.patches.dynamic`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..config import MethodConfig, param
 from ..errors import CtxextError
 from ..registry import RopeMethod, Scaling, register
 from .common import base_parameters
+from .dynamic import make_history_independent
 
 
 @dataclass
@@ -45,5 +47,6 @@ register(
         paper="https://www.reddit.com/r/LocalLLaMA/comments/14mrgpr/",
         build=build,
         dynamic=True,
+        prepare_module=make_history_independent,
     )
 )

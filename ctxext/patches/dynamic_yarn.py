@@ -3,9 +3,8 @@
 From the YaRN reference implementation (not a transformers rope type). Registered as the
 rope type ``ctxext_dynamic_yarn`` in transformers' ``ROPE_INIT_FUNCTIONS`` when ctxext is
 imported; the name contains "dynamic" so transformers' own dynamic update recomputes it as
-the length grows. Two things transformers' update does not do for a method with a
-temperature are fixed per instance by :func:`prepare_module`: the temperature is reset with
-the frequencies when a short input follows a long one. Load such checkpoints with
+the length grows; ctxext's pre-hook (:mod:`ctxext.patches.dynamic`) also resets the
+temperature, which transformers' update does not. Load such checkpoints with
 ``ctxext.from_pretrained``. Not available for per-layer-type rope configs (Gemma 3),
 where transformers' update does not track per-layer temperatures.
 The KV-cache caveat of dynamic-ntk applies here too.
@@ -15,13 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from ..config import MethodConfig, param
 from ..errors import CtxextError
 from ..registry import RopeMethod, Scaling, register
 from .common import base_parameters
+from .dynamic import make_history_independent
 from .yarn import yarn_inv_freq, yarn_mscale
 
 ROPE_TYPE = "ctxext_dynamic_yarn"
@@ -60,18 +59,6 @@ def compute_dynamic_yarn_parameters(config, device=None, seq_len=None, layer_typ
 ROPE_INIT_FUNCTIONS[ROPE_TYPE] = compute_dynamic_yarn_parameters
 
 
-def _reset_temperature(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-    # Mirrors transformers' reset condition, which restores inv_freq but not the temperature.
-    position_ids = kwargs["position_ids"] if "position_ids" in kwargs else args[1]
-    seq_len = int(position_ids.max()) + 1
-    if seq_len < module.original_max_seq_len and module.max_seq_len_cached > module.original_max_seq_len:
-        module.attention_scaling = 1.0
-
-
-def prepare_module(module: torch.nn.Module) -> None:
-    module.register_forward_pre_hook(_reset_temperature, with_kwargs=True)
-
-
 def build(native: dict, scaling: Scaling, config: DynamicYarnConfig) -> dict:
     return {
         **base_parameters(native),
@@ -92,6 +79,6 @@ register(
         dynamic=True,
         stock_loadable=False,
         supports_per_layer_type=False,
-        prepare_module=prepare_module,
+        prepare_module=make_history_independent,
     )
 )
