@@ -41,7 +41,7 @@ def main() -> None:
         results = run_passkey(model, tokenizer, args.length, depths, seed=0)
         rows.append((method, results, time.perf_counter() - start))
     base_time = rows[0][2]
-    print(f"| method | correct / total | depths missed | time vs unpatched |\n|---|---|---|---|")
+    print("| method | correct / total | depths missed | time vs unpatched |\n|---|---|---|---|")
     for method, results, seconds in rows:
         missed = ", ".join(f"{r.depth:.0%}" for r in results if not r.correct) or "-"
         print(f"| {method} | {sum(r.correct for r in results)}/{len(results)} | {missed} | {seconds / base_time:.2f}x |")

@@ -13,9 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from .config import ExtensionRecord
 from .errors import CtxextError
-from .plan import apply_fields, plan_extension
+from .plan import apply_fields, plan_extension, take_off_record
 from .rope_config import read_rope_setup, text_config
 from .rotary_modules import find_rotary_modules, rebuild
 
@@ -98,11 +97,11 @@ def restore(model: nn.Module) -> nn.Module:
         for parent, name, old in state["swapped"]:
             setattr(parent, name, old)
         apply_fields(config, state["replaced"])
+        del config.ctxext
     else:  # loaded from a patched checkpoint without ctxext: rebuild from the recorded originals
-        apply_fields(config, ExtensionRecord.from_dict(record).replaced)
+        take_off_record(config)
         for parent, name, module in find_rotary_modules(model):
             setattr(parent, name, rebuild(module))
-    del config.ctxext
     return model
 
 
@@ -123,15 +122,10 @@ def from_pretrained(path: str | Path, **kwargs: Any) -> nn.Module:
     if location.gguf_file is not None:
         return AutoModelForCausalLM.from_pretrained(location.directory, gguf_file=location.gguf_file, **kwargs)
     config = kwargs.pop("config", None) or AutoConfig.from_pretrained(location.directory)
-    tconfig = text_config(config)
-    saved = getattr(tconfig, "ctxext", None)
-    if not saved:
+    saved_rope_parameters = text_config(config).rope_parameters
+    record = take_off_record(config)
+    if record is None:
         return AutoModelForCausalLM.from_pretrained(location.directory, config=config, **kwargs)
-
-    record = ExtensionRecord.from_dict(saved)
-    saved_rope_parameters = tconfig.rope_parameters
-    apply_fields(tconfig, record.replaced)
-    del tconfig.ctxext
     model = AutoModelForCausalLM.from_pretrained(location.directory, config=config, **kwargs)
     extend(
         model,

@@ -32,7 +32,7 @@ from .checkpoint import (
 )
 from .config import ExtensionRecord
 from .errors import CtxextError
-from .plan import apply_fields, plan_extension
+from .plan import plan_extension, take_off_record
 from .registry import all_methods
 from .rope_config import read_rope_setup, text_config
 
@@ -138,12 +138,7 @@ def _unpatched_config(directory: Path):
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(directory)
-    tconfig = text_config(config)
-    saved = getattr(tconfig, "ctxext", None)
-    if saved:
-        apply_fields(tconfig, ExtensionRecord.from_dict(saved).replaced)
-        del tconfig.ctxext
-    return config, saved
+    return config, take_off_record(config)
 
 
 def _patched_json(original: dict[str, Any], plan) -> dict[str, Any]:
@@ -165,7 +160,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
     raw, data = read_config_json(directory)
     config, saved = _unpatched_config(directory)
     if saved and not args.replace:
-        raise CtxextError(f"{directory} is already patched with '{saved.get('method')}'; use --replace or 'ctxext unpatch'")
+        raise CtxextError(f"{directory} is already patched with '{saved.method}'; use --replace or 'ctxext unpatch'")
     plan = _plan_for(config, args)
     backup = directory / BACKUP
     original_raw = backup.read_bytes() if saved and backup.exists() else raw

@@ -127,3 +127,15 @@ def _check_transformers_accepts(config: Any, fields: dict[str, Any], model_type:
 def apply_fields(config: Any, fields: dict[str, Any]) -> None:
     for name, value in fields.items():
         setattr(config, name, copy.deepcopy(value))
+
+
+def take_off_record(config: Any) -> ExtensionRecord | None:
+    """Put the fields a recorded patch replaced back into ``config`` and drop the record."""
+    config = text_config(config)
+    saved = getattr(config, "ctxext", None)
+    if not saved:
+        return None
+    record = ExtensionRecord.from_dict(saved)
+    apply_fields(config, record.replaced)
+    del config.ctxext
+    return record
