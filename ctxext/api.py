@@ -82,7 +82,7 @@ def extend(
         apply_fields(config, plan.record.replaced)
         raise
     config.ctxext = plan.record.to_dict()
-    model.__dict__[_STATE] = {"swapped": swapped, "replaced": plan.record.replaced}
+    model.__dict__[_STATE] = swapped  # the replaced modules, for an exact restore()
     return model
 
 
@@ -92,14 +92,12 @@ def restore(model: nn.Module) -> nn.Module:
     record = getattr(config, "ctxext", None)
     if not record:
         raise CtxextError("model is not extended by ctxext; nothing to restore")
-    state = model.__dict__.pop(_STATE, None)
-    if state is not None:
-        for parent, name, old in state["swapped"]:
+    take_off_record(config)
+    swapped = model.__dict__.pop(_STATE, None)
+    if swapped is not None:
+        for parent, name, old in swapped:
             setattr(parent, name, old)
-        apply_fields(config, state["replaced"])
-        del config.ctxext
     else:  # loaded from a patched checkpoint without ctxext: rebuild from the recorded originals
-        take_off_record(config)
         for parent, name, module in find_rotary_modules(model):
             setattr(parent, name, rebuild(module))
     return model

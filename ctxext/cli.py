@@ -119,15 +119,18 @@ def _collect_params(args: argparse.Namespace) -> dict[str, Any]:
     return {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
 
 
+def _layer_types(args: argparse.Namespace) -> list[str] | None:
+    return args.rope_layer_types.split(",") if args.rope_layer_types else None
+
+
 def _plan_for(config, args):
-    layer_types = args.rope_layer_types.split(",") if args.rope_layer_types else None
     return plan_extension(
         config,
         args.method,
         factor=args.factor,
         target_length=args.target_length,
         original_length=args.original_length,
-        rope_layer_types=layer_types,
+        rope_layer_types=_layer_types(args),
         replace_native_scaling=args.replace,
         params=_collect_params(args),
     )
@@ -200,9 +203,8 @@ def _patch_gguf(args: argparse.Namespace, location) -> int:
         if getattr(quantizer, "packed_modules", None):
             raise CtxextError("this GGUF was loaded with packed weights (GGUF kernels installed); cannot save it")
         quantizer.remove_quantization_config(model)  # the weights are plain de-quantized tensors already
-    layer_types = args.rope_layer_types.split(",") if args.rope_layer_types else None
     extend(model, args.method, factor=args.factor, target_length=args.target_length,
-           original_length=args.original_length, replace=args.replace, rope_layer_types=layer_types,
+           original_length=args.original_length, replace=args.replace, rope_layer_types=_layer_types(args),
            **_collect_params(args))
     tokenizer = AutoTokenizer.from_pretrained(location.directory, gguf_file=location.gguf_file)
     staging = Path(tempfile.mkdtemp(prefix=f".{args.output.name}.", dir=args.output.parent))

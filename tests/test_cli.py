@@ -66,7 +66,7 @@ def test_patch_in_place_then_stock_reload_then_unpatch_byte_for_byte(tiny_dir, t
     ids = tokens(3 * NATIVE)
     torch.save(ids, tmp_path / "ids.pt")
     subprocess.run([sys.executable, "-c", STOCK_LOAD, tiny_dir, tmp_path / "ids.pt", tmp_path / "out.pt"], check=True)
-    in_process = api.extend(api.from_pretrained(tiny_dir.parent / "tiny-llama").eval(), "yarn", factor=8, replace=True)
+    in_process = api.from_pretrained(tiny_dir).eval()
     assert torch.equal(torch.load(tmp_path / "out.pt"), logits(in_process, ids))
 
     info = ctxext("info", tiny_dir).stdout
