@@ -67,6 +67,12 @@ def extend(
         replace_native_scaling=replace,
         params=params,
     )
+    if plan.method.kind == "attention":
+        runtime = plan.method.runtime(plan.method_config, plan.scalings[None])
+        runtime.install(model)
+        config.ctxext = plan.record.to_dict()
+        model.__dict__[_STATE] = runtime
+        return model
     apply_fields(config, plan.fields)
     swapped = []
     try:
@@ -94,7 +100,9 @@ def restore(model: nn.Module) -> nn.Module:
         raise CtxextError("model is not extended by ctxext; nothing to restore")
     take_off_record(config)
     swapped = model.__dict__.pop(_STATE, None)
-    if swapped is not None:
+    if hasattr(swapped, "uninstall"):
+        swapped.uninstall(model)
+    elif swapped is not None:
         for parent, name, old in swapped:
             setattr(parent, name, old)
     else:  # loaded from a patched checkpoint without ctxext: rebuild from the recorded originals

@@ -14,13 +14,13 @@ from typing import Any
 from . import __version__
 from .config import ExtensionRecord, MethodConfig
 from .errors import CtxextError
-from .registry import RopeMethod, Scaling, get_method
+from .registry import AttentionMethod, Method, Scaling, get_method
 from .rope_config import read_rope_setup, text_config
 
 
 @dataclass
 class ExtensionPlan:
-    method: RopeMethod
+    method: Method
     method_config: MethodConfig
     scalings: dict[str | None, Scaling]
     fields: dict[str, Any]  # config attribute -> new value
@@ -28,9 +28,16 @@ class ExtensionPlan:
 
 
 def resolve_lengths(
-    native_length: int, factor: float | None, target_length: int | None, original_length: int | None
+    native_length: int,
+    factor: float | None,
+    target_length: int | None,
+    original_length: int | None,
+    allow_native: bool = False,
 ) -> tuple[float, int, int]:
-    """(factor, original length, target length) from whichever the caller gave."""
+    """(factor, original length, target length) from whichever the caller gave.
+
+    ``allow_native`` accepts factor 1 (methods that also act inside the native length).
+    """
     original = native_length if original_length is None else original_length
     if isinstance(original, bool) or not isinstance(original, int) or original <= 0:
         raise CtxextError(f"original length must be a positive integer, got {original!r}")
@@ -39,12 +46,13 @@ def resolve_lengths(
     if factor is not None:
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
             raise CtxextError(f"factor must be a finite number, got {factor!r}")
-        if factor <= 1:
-            raise CtxextError(f"factor must be greater than 1 (got {factor}); 1 or less would not extend anything")
+        if factor < 1 or (factor == 1 and not allow_native):
+            bound = "at least 1" if allow_native else "greater than 1"
+            raise CtxextError(f"factor must be {bound} (got {factor}); less would not extend anything")
         return float(factor), original, int(round(original * factor))
     if isinstance(target_length, bool) or not isinstance(target_length, int):
         raise CtxextError(f"target length must be an integer, got {target_length!r}")
-    if target_length <= original:
+    if target_length < original or (target_length == original and not allow_native):
         raise CtxextError(f"target length {target_length} must be above the original length {original}")
     return target_length / original, original, target_length
 
@@ -67,6 +75,8 @@ def plan_extension(
     setup = read_rope_setup(config)
     if getattr(config, "ctxext", None):
         raise CtxextError("model is already extended by ctxext; restore it first or ask to replace the extension")
+    if isinstance(rope_method, AttentionMethod):
+        return _plan_attention(config, setup, rope_method, method_config, factor, target_length, original_length)
     layer_types = setup.select_layer_types(rope_layer_types)
     if setup.per_layer_type and not rope_method.supports_per_layer_type:
         raise CtxextError(f"method '{rope_method.name}' does not support per-layer-type rope configs ({setup.model_type})")
@@ -110,6 +120,31 @@ def plan_extension(
         version=__version__,
     )
     return ExtensionPlan(rope_method, method_config, scalings, fields, record)
+
+
+def _plan_attention(config, setup, method, method_config, factor, target_length, original_length) -> ExtensionPlan:
+    """Attention-level methods keep the config's rope; only the record is written."""
+    if setup.per_layer_type:
+        raise CtxextError(f"attention-level methods do not support per-layer-type rope configs ({setup.model_type})")
+    if getattr(config, "sliding_window", None) is not None or "sliding_attention" in (getattr(config, "layer_types", None) or []):
+        raise CtxextError(f"{setup.model_type} uses sliding-window attention; attention-level methods need full attention")
+    rope_type = setup.parameters[None].get("rope_type", "default")
+    if rope_type == "dynamic" or rope_type.startswith("ctxext_"):
+        raise CtxextError(f"attention-level methods need a static rope; this model uses '{rope_type}'")
+    factor, original, target = resolve_lengths(setup.native_length, factor, target_length, original_length, True)
+    scaling = Scaling(factor, original, target, setup.rotary_dim(None))
+    method.runtime(method_config, scaling)  # validates the parameters against the lengths
+    record = ExtensionRecord(
+        method=method.name,
+        factor=factor,
+        original_length=original,
+        target_length=target,
+        params=method_config.to_dict(),
+        rope_layer_types=None,
+        replaced={},
+        version=__version__,
+    )
+    return ExtensionPlan(method, method_config, {None: scaling}, {}, record)
 
 
 def _check_transformers_accepts(config: Any, fields: dict[str, Any], model_type: str) -> None:

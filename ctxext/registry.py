@@ -1,7 +1,8 @@
-"""Method registry: name -> how to build the patched rope parameters.
+"""Method registry: name -> how a method patches a model.
 
-A method module in ``ctxext.patches`` describes itself with :class:`RopeMethod` and calls
-:func:`register`. The API and the CLI only ever look methods up here, so adding a method
+A method module in ``ctxext.patches`` describes itself with :class:`RopeMethod` (it rewrites
+rotary frequencies through the config) or :class:`AttentionMethod` (it changes relative
+positions or the mask inside attention) and calls :func:`register`. The API and the CLI only ever look methods up here, so adding a method
 is adding one module.
 """
 
@@ -45,13 +46,37 @@ class RopeMethod:
     stock_loadable: bool = True
     supports_per_layer_type: bool = True
     prepare_module: Callable[[Any], None] | None = None
+    kind = "rope"
 
 
-_METHODS: dict[str, RopeMethod] = {}
+@dataclass(frozen=True)
+class AttentionMethod:
+    """A method that remaps relative positions per query/key pair, or masks, inside attention.
+
+    ``runtime(config, scaling)`` builds the object that is installed on a loaded model (see
+    ``ctxext.attention.runtime``). The config keeps its rope; the patch is recorded in
+    ``config.ctxext`` and re-applied by ``ctxext.from_pretrained``. ``factor`` may be 1 for
+    methods that also act inside the native length.
+    """
+
+    name: str
+    config_class: type[MethodConfig]
+    summary: str
+    paper: str
+    runtime: Callable[[Any, Scaling], Any]
+    aliases: tuple[str, ...] = ()
+    kind = "attention"
+    stock_loadable = False
+    dynamic = False
+
+
+Method = RopeMethod | AttentionMethod
+
+_METHODS: dict[str, Method] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register(method: RopeMethod) -> RopeMethod:
+def register(method: Method) -> Method:
     for name in (method.name, *method.aliases):
         if name in _METHODS or name in _ALIASES:
             raise ValueError(f"method name '{name}' is already registered")
@@ -60,7 +85,7 @@ def register(method: RopeMethod) -> RopeMethod:
     return method
 
 
-def get_method(name: str) -> RopeMethod:
+def get_method(name: str) -> Method:
     key = str(name).strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in _METHODS:
@@ -73,5 +98,5 @@ def list_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def all_methods() -> list[RopeMethod]:
+def all_methods() -> list[Method]:
     return [_METHODS[name] for name in list_methods()]

@@ -1,0 +1,99 @@
+"""DCA, Dual Chunk Attention: intra-chunk, successive-chunk and inter-chunk position ids.
+
+An et al. 2024, "Training-Free Long-Context Scaling of Large Language Models"
+(https://arxiv.org/abs/2402.17463). With chunk size c and local window w, positions are
+cut into chunks of s = c - w tokens and every key sits at position j mod s. A query at i
+uses i mod s against keys of its own chunk, min(i mod s + s, c) against the previous
+chunk, and c against older chunks, so every distance stays below c. The three parts are
+merged by log-sum-exp. Defaults: c = 3L/4, w = L/8 (the paper's). ``temperature`` adds the
+reference's logit scale (0.05 ln(l/L) + 1)^2 for total length l > L; it is refused on top of
+a rope that already has an attention factor (YaRN), so two temperatures are never stacked.
+
+The rotary module is fed positions mod s, so cached keys are already at their DCA positions
+and the queries are re-rotated by per-query offsets: decoding needs no key re-rotation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..attention import bands as blockwise
+from ..attention.bands import Band, band_attention
+from ..attention.kernels import rotate
+from ..attention.runtime import AttentionRuntime, Call, register_implementation
+from ..config import MethodConfig, param
+from ..errors import CtxextError
+from .attention_common import register_attention, whole
+
+
+@dataclass
+class DCAConfig(MethodConfig):
+    chunk_size: int | None = param(None, "c: largest distance used (default 3/4 of the original length)")
+    local_window: int | None = param(None, "w: overlap kept by the successive-chunk part (default original length / 8)")
+    temperature: bool = param(False, "scale logits by (0.05 ln(l/L) + 1)^2 beyond the original length (default off)")
+
+
+class DCARuntime(AttentionRuntime):
+    implementation = register_implementation("ctxext_dca")
+
+    def __init__(self, config: DCAConfig, scaling):
+        super().__init__(config, scaling)
+        length = scaling.original_length
+        self.chunk = whole("chunk_size", config.chunk_size, 3 * length // 4)
+        self.local = whole("local_window", config.local_window, length // 8)
+        if not self.local < self.chunk <= length:
+            raise CtxextError(
+                f"need local_window < chunk_size <= original length, got {self.local}, {self.chunk}, {length}"
+            )
+        self.stride = self.chunk - self.local
+        if not isinstance(config.temperature, bool):
+            raise CtxextError(f"parameter temperature must be true or false, got {config.temperature!r}")
+
+    def install(self, model):
+        super().install(model)
+        if self.config.temperature and float(getattr(self.rotary, "attention_scaling", 1.0)) != 1.0:
+            self.uninstall(model)
+            raise CtxextError("DCA's temperature would stack on the rope's own attention factor; leave it off")
+
+    def remap_positions(self, positions):
+        return positions % self.stride
+
+    def attend(self, call: Call):
+        s, c = self.stride, self.chunk
+        n, m = call.q.shape[2], call.k.shape[2]
+        query_positions = call.position + call.q0 + torch.arange(n, device=call.q.device)
+        inside = query_positions % s
+        q_next = rotate(call.q, torch.clamp(inside + s, max=c) - inside, call.inv_freq)
+        q_far = rotate(call.q, c - inside, call.inv_freq)
+        scale = call.scale
+        total = call.position + m
+        if self.config.temperature and total > self.scaling.original_length:
+            scale *= (0.05 * math.log(total / self.scaling.original_length) + 1) ** 2
+
+        def bands(i0, i1):
+            start = ((call.position + i0) // s) * s - call.position  # key index of the query chunk's start
+            return [Band(call.q, call.k, call.v, lo=start),
+                    Band(q_next, call.k, call.v, lo=start - s, hi=start),
+                    Band(q_far, call.k, call.v, lo=0, hi=start - s)]
+
+        blocks = []
+        i = call.q0
+        while i < m:
+            chunk_end = ((call.position + i) // s + 1) * s - call.position
+            end = min(m, chunk_end, i + blockwise.BLOCK)
+            blocks.append((i, end))
+            i = end
+        return band_attention(bands, n, call.q0, scale, blocks)
+
+
+register_attention(
+    "dca",
+    DCAConfig,
+    DCARuntime,
+    summary="Dual Chunk Attention: intra/successive/inter-chunk positions, all distances below the chunk size",
+    paper="https://arxiv.org/abs/2402.17463",
+    aliases=("dual-chunk",),
+)

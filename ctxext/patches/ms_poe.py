@@ -1,0 +1,129 @@
+"""Ms-PoE, Multi-scale Positional Encoding: per-head position scaling t -> t / r_h.
+
+Zhang et al. 2024, "Found in the Middle: How Language Models Use Long Contexts Better via
+Plug-and-Play Positional Encoding" (https://arxiv.org/abs/2403.04797). Ratios r run evenly
+from ``min_ratio`` 1.2 to ``max_ratio`` 1.8; heads that are less position-aware get larger
+ratios. Position awareness of a head is the fraction of the prompt's last query row's
+attention weights above 3x the row mean, computed with the model's own positions from that
+row only (no L x L matrix), for every new prompt (every forward that starts with an empty
+cache), per batch row. Layers ``start_layer`` .. N-1 are scaled (default from layer 2).
+
+Grouped-query attention: a key/value head is read by several query heads, so the ratio is
+chosen per key/value head (its query heads' mean score decides its rank) and both its keys
+and all of its queries use that ratio; relative distances stay consistent. Keys are written
+back into the KV cache at their scaled positions once, so decoding only re-rotates the new
+token. This needs a cache that returns its own key tensor (transformers' DynamicCache and
+StaticCache do); any other cache is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..attention.bands import Band, band_attention
+from ..attention.kernels import rotate
+from ..attention.runtime import AttentionRuntime, Call, register_implementation
+from ..config import MethodConfig, param
+from ..errors import CtxextError
+from .attention_common import register_attention, whole
+
+
+@dataclass
+class MsPoEConfig(MethodConfig):
+    min_ratio: float = param(1.2, "smallest position scaling ratio (the most position-aware head)")
+    max_ratio: float = param(1.8, "largest position scaling ratio (the least position-aware head)")
+    start_layer: int = param(2, "first layer scaled; earlier layers keep their positions (default 2)")
+
+
+def position_awareness(q_last: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """Fraction of each head's attention weights above 3x their mean, from one query row.
+
+    q_last (b, hq, d), k (b, hkv, m, d) -> (b, hq).
+    """
+    b, hq, d = q_last.shape
+    hkv, m = k.shape[1], k.shape[2]
+    logits = torch.einsum("bgrd,bgmd->bgrm", q_last.float().reshape(b, hkv, hq // hkv, d), k.float()) * scale
+    weights = logits.softmax(-1).reshape(b, hq, m)
+    return (weights > 3.0 / m).float().mean(-1)
+
+
+def ratios_by_rank(scores: torch.Tensor, num_kv_heads: int, low: float, high: float) -> torch.Tensor:
+    """(b, hq) scores -> (b, hkv) ratios: the highest mean score gets ``low``, the lowest ``high``."""
+    b, hq = scores.shape
+    per_kv = scores.reshape(b, num_kv_heads, hq // num_kv_heads).mean(-1)
+    order = per_kv.argsort(dim=-1, descending=True, stable=True)
+    ladder = torch.linspace(low, high, num_kv_heads, device=scores.device)
+    ratios = torch.empty_like(per_kv)
+    ratios.scatter_(1, order, ladder.expand(b, -1).contiguous())
+    return ratios
+
+
+class MsPoERuntime(AttentionRuntime):
+    implementation = register_implementation("ctxext_ms_poe")
+
+    def __init__(self, config: MsPoEConfig, scaling):
+        super().__init__(config, scaling)
+        self.start_layer = whole("start_layer", config.start_layer, 2, minimum=0)
+        if not 0 < config.min_ratio <= config.max_ratio:
+            raise CtxextError(f"need 0 < min_ratio <= max_ratio, got {config.min_ratio}, {config.max_ratio}")
+        self.ratios: dict[int, torch.Tensor] = {}  # layer -> (batch, kv heads)
+        self.cache = None
+
+    def install(self, model):
+        super().install(model)
+        for module in self._attention_modules:
+            self._hooks.append(module.register_forward_pre_hook(self._remember_cache, with_kwargs=True))
+
+    def _remember_cache(self, module, args, kwargs):
+        self.cache = kwargs.get("past_key_values")
+
+    def prepare(self, module, query, key, groups, scale):
+        layer = module.layer_idx
+        if layer < self.start_layer:
+            return
+        batch, n, m = query.shape[0], query.shape[2], key.shape[2]
+        first_query = m - n
+        if self.cache is not None and self.cache.layers[layer].keys is not key:
+            raise CtxextError("ms-poe needs a KV cache that keeps its own key tensor (DynamicCache or StaticCache)")
+        offsets = torch.zeros(batch, dtype=torch.long, device=key.device)
+        if first_query == 0:  # a new prompt: rank the heads
+            ratios = torch.ones(batch, key.shape[1], device=key.device)
+            for group in groups:
+                last = group.end - 1 - first_query
+                scores = position_awareness(query[group.rows, :, last], key[group.rows, :, group.start : group.end], scale)
+                ratios[group.rows] = ratios_by_rank(scores, key.shape[1], self.config.min_ratio, self.config.max_ratio)
+            self.ratios[layer] = ratios
+        elif self.ratios.get(layer) is None or self.ratios[layer].shape[0] != batch:
+            raise CtxextError("ms-poe ranks heads on the prompt; run the prompt through the model before decoding")
+        for group in groups:
+            offsets[group.rows] = group.offset
+        ratio = self.ratios[layer][:, :, None]
+        new_positions = (first_query + torch.arange(n, device=key.device))[None, :] + offsets[:, None]
+        new_positions = new_positions[:, None, :].float()
+        key[:, :, first_query:] = rotate(key[:, :, first_query:], new_positions / ratio - new_positions, self.rotary.inv_freq)
+
+    def attend(self, call: Call):
+        layer = call.module.layer_idx
+        q = call.q
+        if layer >= self.start_layer:
+            ratio = self.ratios[layer][call.rows]
+            ratio = ratio.repeat_interleave(q.shape[1] // ratio.shape[1], dim=1)[:, :, None]
+            positions = (call.position + call.q0 + torch.arange(q.shape[2], device=q.device)).float()
+            q = rotate(q, positions / ratio - positions, call.inv_freq)
+
+        def bands(i0, i1):
+            return [Band(q, call.k, call.v)]
+
+        return band_attention(bands, q.shape[2], call.q0, call.scale)
+
+
+register_attention(
+    "ms-poe",
+    MsPoEConfig,
+    MsPoERuntime,
+    summary="Ms-PoE: per-head position scaling 1.2-1.8 ranked by position awareness (lost in the middle)",
+    paper="https://arxiv.org/abs/2403.04797",
+    aliases=("mspoe",),
+)

@@ -1,0 +1,72 @@
+"""SelfExtend: neighbour attention inside a window W, grouped (floor-divided) positions beyond it.
+
+Jin et al. 2024, "LLM Maybe LongLM: Self-Extend LLM Context Window Without Tuning"
+(https://arxiv.org/abs/2401.01325). For distance r = i - j: r if r < W, else
+floor(i/G) - floor(j/G) + W - floor(W/G). Defaults: W = original length // 4 (the paper's
+1024 for 4k Llama-2) and the smallest G with (L - W) * G + W >= target length (the paper's
+condition for every grouped distance to stay inside the pretraining range).
+
+The rotary module is fed floor(position / G), so the KV cache holds keys at their grouped
+positions; the neighbour band re-rotates only the last W keys to their true positions, so
+decoding costs O(W) extra work per token, not O(n).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..attention.bands import Band, band_attention
+from ..attention.kernels import rotate
+from ..attention.runtime import AttentionRuntime, Call, register_implementation
+from ..config import MethodConfig, param
+from ..errors import CtxextError
+from .attention_common import key_positions, register_attention, whole
+
+
+@dataclass
+class SelfExtendConfig(MethodConfig):
+    group_size: int | None = param(None, "G: positions beyond the window are floor-divided by G (default from the factor)")
+    window: int | None = param(None, "W: neighbour window with exact positions (default original length // 4)")
+
+
+class SelfExtendRuntime(AttentionRuntime):
+    implementation = register_implementation("ctxext_self_extend")
+
+    def __init__(self, config: SelfExtendConfig, scaling):
+        super().__init__(config, scaling)
+        length = scaling.original_length
+        self.window = whole("window", config.window, length // 4)
+        if self.window >= length:
+            raise CtxextError(f"window ({self.window}) must be below the original length ({length})")
+        needed = math.ceil((scaling.target_length - self.window) / (length - self.window))
+        self.group = whole("group_size", config.group_size, max(1, needed))
+        self.shift = self.window - self.window // self.group
+
+    def remap_positions(self, positions):
+        return positions // self.group
+
+    def attend(self, call: Call):
+        positions = key_positions(call)
+        near_start = max(0, call.q0 - self.window + 1)
+        near_positions = positions[near_start:]
+        k_near = rotate(call.k[:, :, near_start:], near_positions - near_positions // self.group, call.inv_freq)
+        query_positions = positions[call.q0 :]
+        q_near = rotate(call.q, query_positions - query_positions // self.group, call.inv_freq)
+        q_grouped = rotate(call.q, self.shift, call.inv_freq)
+
+        def bands(i0, i1):
+            return [Band(q_near, k_near, call.v[:, :, near_start:], near=0, far=self.window - 1, offset=near_start),
+                    Band(q_grouped, call.k, call.v, near=self.window, far=math.inf)]
+
+        return band_attention(bands, call.q.shape[2], call.q0, call.scale)
+
+
+register_attention(
+    "self-extend",
+    SelfExtendConfig,
+    SelfExtendRuntime,
+    summary="SelfExtend: exact positions in a neighbour window, floor(pos / G) grouped positions beyond",
+    paper="https://arxiv.org/abs/2401.01325",
+    aliases=("selfextend",),
+)

@@ -1,0 +1,129 @@
+"""Dense O(n^2) references of the attention-level methods, written from their formulas.
+
+The reference runs inside the *unpatched* model as an attention implementation: it takes
+the model's rotated q and k, rotates them back to position 0 with the true position ids,
+builds the full matrix of remapped distances r'(i, j), rotates each query by each r'(i, j),
+masks, and takes one softmax. Nothing here shares code with ctxext's blockwise kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "ctxext_test_dense_reference"
+
+
+def _turn(x, angle):
+    """Rotate x (..., d) by angle (..., d/2-or-less) on its first 2*angle.shape[-1] dims (rotate-half RoPE)."""
+    rotary = angle.shape[-1] * 2
+    cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+    part = x[..., :rotary]
+    first, second = part[..., : rotary // 2], part[..., rotary // 2 :]
+    turned = part * cos + torch.cat([-second, first], -1) * sin
+    return torch.cat([turned, x[..., rotary:]], -1)
+
+
+def distances(method: str, p: torch.Tensor, params: dict, length: int):
+    """(remapped distance (n, n) float, extra visibility (n, n) bool) for positions p (n,) of one row."""
+    i, j = p[:, None], p[None, :]
+    r = (i - j).float()
+    visible = torch.ones_like(r, dtype=torch.bool)
+    if method == "string":
+        s, w = params["shifted_offset"], params["local_value"]
+        return torch.where(r < s, r, r - s + w), visible
+    if method == "lm-infinite":
+        window, g = params["window"], params["n_global"]
+        visible = (r < window) | (j < g).expand_as(r)
+        return r.clamp(max=length), visible
+    if method == "self-extend":
+        g, w = params["group_size"], params["window"]
+        grouped = (i // g - j // g + w - w // g).float()
+        return torch.where(r < w, r, grouped), visible
+    if method == "dca":
+        c, w = params["chunk_size"], params["local_window"]
+        s = c - w
+        same, previous = (i // s) == (j // s), (i // s) == (j // s) + 1
+        successive = torch.clamp(i % s + s, max=c) - j % s
+        return torch.where(same, r, torch.where(previous, successive.float(), (c - j % s).float())), visible
+    raise ValueError(method)
+
+
+class DenseReference:
+    """Install with ``install(model, method, params)``; the model must be unpatched."""
+
+    def __init__(self, method: str, params: dict, length: int, inv_freq: torch.Tensor, attention_scaling: float):
+        self.method, self.params, self.length = method, params, length
+        self.inv_freq, self.attention_scaling = inv_freq.float(), attention_scaling
+
+    def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        b, hq, n, d = query.shape
+        group = hq // key.shape[1]
+        key, value = key.repeat_interleave(group, 1).float(), value.repeat_interleave(group, 1).float()
+        query = query.float()
+        positions = kwargs["position_ids"].expand(b, n)
+        # rotate back to position 0 (the model applied cos/sin times its attention factor)
+        back = -positions[:, None, :, None].float() * self.inv_freq
+        q0 = _turn(query, back) / self.attention_scaling
+        k0 = _turn(key, back) / self.attention_scaling
+        if attention_mask is None:
+            allowed = torch.ones(n, n, dtype=torch.bool).tril().expand(b, 1, n, n)
+        else:
+            allowed = attention_mask.bool()
+        out = torch.empty(b, hq, n, value.shape[-1])
+        for row in range(b):
+            p = positions[row]
+            real = allowed[row, 0].diagonal()  # a padding query does not see itself
+            logit_scale = scaling * self.attention_scaling**2
+            if self.method == "ms-poe":
+                dist, extra = self._ms_poe(module, q0[row], k0[row], p, allowed[row, 0], logit_scale)
+            else:
+                dist, extra = distances(self.method, p, self.params, self.length)
+                dist = dist.expand(hq, n, n)
+            if self.method == "dca" and self.params.get("temperature"):
+                total = int(p[real].max()) + 1
+                if total > self.length:
+                    logit_scale = logit_scale * (0.05 * math.log(total / self.length) + 1) ** 2
+            angles = dist[..., None] * self.inv_freq  # (hq, n, n, d/2)
+            rotated = _turn(q0[row][:, :, None, :].expand(hq, n, n, d), angles)
+            logits = (rotated * k0[row][:, None, :, :]).sum(-1) * logit_scale
+            mask = allowed[row, 0] & extra
+            logits = logits.masked_fill(~mask, float("-inf"))
+            weights = logits.softmax(-1).nan_to_num(0.0)
+            out[row] = weights @ value[row]
+        return out.transpose(1, 2).contiguous().to(key.dtype), None
+
+    def _ms_poe(self, module, q0, k0, p, allowed, scale):
+        hq, n, _ = q0.shape
+        visible = torch.ones(n, n, dtype=torch.bool)
+        r = (p[:, None] - p[None, :]).float()
+        if module.layer_idx < self.params["start_layer"]:
+            return r.expand(hq, n, n), visible
+        real = allowed.diagonal()
+        last = int(real.nonzero().max())
+        angles = (p[last] - p)[:, None].float() * self.inv_freq
+        keys = _turn(k0, -angles)  # keys seen from the last query with true positions
+        logits = (q0[:, last, None, :] * keys).sum(-1) * scale
+        logits = logits.masked_fill(~allowed[last], float("-inf"))
+        weights = logits.softmax(-1)
+        count = int(allowed[last].sum())
+        scores = ((weights > 3.0 / count) & allowed[last]).float().sum(-1) / count
+        hkv = self.params["num_kv_heads"]
+        per_kv = scores.reshape(hkv, hq // hkv).mean(-1)
+        ladder = torch.linspace(self.params["min_ratio"], self.params["max_ratio"], hkv)
+        ratio = torch.empty(hkv)
+        ratio[per_kv.argsort(descending=True, stable=True)] = ladder
+        per_head = ratio.repeat_interleave(hq // hkv)
+        return r[None] / per_head[:, None, None], visible
+
+
+def install(model, method: str, params: dict) -> None:
+    rotary = model.model.rotary_emb if hasattr(model, "model") else model.gpt_neox.rotary_emb
+    reference = DenseReference(method, params, model.config.max_position_embeddings, rotary.inv_freq,
+                               float(getattr(rotary, "attention_scaling", 1.0)))
+    AttentionInterface.register(NAME, reference)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    model.set_attn_implementation(NAME)

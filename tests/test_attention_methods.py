@@ -1,0 +1,236 @@
+"""Attention-level methods (dca, string, lm-infinite, ms-poe, self-extend) on tiny models.
+
+Every method is checked against a dense O(n^2) reference of its formula
+(``attention_reference.py``), for MHA and GQA, full and partial rotary, batch > 1, lengths
+inside and beyond the native length (64), with blocks small enough that every code path of
+the blockwise kernels runs; plus identity, padding, KV cache and save/reload.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ctxext
+from ctxext.attention import bands
+from ctxext.errors import CtxextError
+
+import attention_reference
+from conftest import NATIVE, logits, make_model, tokens
+
+PARAMS = {
+    "string": dict(shifted_offset=21, local_value=5),
+    "lm-infinite": dict(n_global=3, window=16),
+    "self-extend": dict(group_size=3, window=12),
+    "dca": dict(chunk_size=48, local_window=8, temperature=True),
+    "ms-poe": dict(min_ratio=1.2, max_ratio=1.8, start_layer=1),
+}
+# parameters under which a method must change nothing, and the input length they hold for
+IDENTITY = {
+    "string": (dict(shifted_offset=200, local_value=5), 150),
+    "lm-infinite": (dict(window=NATIVE, n_global=0), NATIVE),
+    "self-extend": (dict(group_size=1, window=12), 150),
+    "dca": (dict(chunk_size=NATIVE, local_window=1), NATIVE - 1),
+    "ms-poe": (dict(min_ratio=1.0, max_ratio=1.0), 150),
+}
+METHODS = sorted(PARAMS)
+
+
+def extended(family: str, method: str, params: dict | None = None, dtype=torch.float32):
+    model = make_model(family, dtype=dtype)
+    return ctxext.extend(model, method, factor=3, **(PARAMS[method] if params is None else params))
+
+
+def reference(family: str, method: str):
+    model = make_model(family)
+    heads = getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
+    params = {**PARAMS[method], "num_kv_heads": heads}
+    attention_reference.install(model, method, params)
+    return model
+
+
+@pytest.fixture(params=[16, bands.BLOCK], ids=["block16", "block-default"])
+def block(request, monkeypatch):
+    monkeypatch.setattr(bands, "BLOCK", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "phi3"])
+@pytest.mark.parametrize("length", [37, 150])
+def test_matches_dense_reference(method, family, length, block):
+    ids = tokens(length, batch=2)
+    got = logits(extended(family, method), ids)
+    want = logits(reference(family, method), ids)
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_identity_when_the_method_cannot_act(method, block):
+    params, length = IDENTITY[method]
+    ids = tokens(length, batch=2)
+    want = logits(make_model("llama"), ids)
+    got = logits(extended("llama", method, params), ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def _left_padded(lengths: list[int]):
+    longest = max(lengths)
+    rows = [tokens(n, seed=10 + i)[0] for i, n in enumerate(lengths)]
+    ids = torch.zeros(len(rows), longest, dtype=torch.long)
+    mask = torch.zeros(len(rows), longest, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, longest - len(row):] = row
+        mask[i, longest - len(row):] = 1
+    return rows, ids, mask
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_left_padded_rows_equal_rows_run_alone(method, block):
+    rows, ids, mask = _left_padded([150, 101, 37])
+    model = extended("llama", method)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    batched = logits(model, ids, attention_mask=mask, position_ids=positions)
+    for i, row in enumerate(rows):
+        alone = logits(model, row[None])
+        torch.testing.assert_close(batched[i, -len(row):], alone[0], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cached_generate_equals_recomputing_the_prefix(method):
+    model = extended("llama", method)
+    prompt = tokens(NATIVE - 8)
+    generated = model.generate(prompt, max_new_tokens=20, do_sample=False, min_new_tokens=20, pad_token_id=0)
+    sequence = prompt
+    for _ in range(20):
+        following = logits(model, sequence)[:, -1].argmax(-1, keepdim=True)
+        sequence = torch.cat([sequence, following], dim=1)
+    assert sequence.shape[1] > NATIVE
+    assert torch.equal(generated, sequence)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_padded_batch_generate_equals_rows_generated_alone(method):
+    rows, ids, mask = _left_padded([60, 45])
+    model = extended("llama", method)
+    batched = model.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                             pad_token_id=0)
+    for i, row in enumerate(rows):
+        alone = model.generate(row[None], max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+        assert torch.equal(batched[i, ids.shape[1]:], alone[0, len(row):])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_and_reload_give_the_same_logits(method, tmp_path):
+    model = extended("llama", method)
+    ids = tokens(150)
+    before = logits(model, ids)
+    model.save_pretrained(tmp_path)
+    reloaded = ctxext.from_pretrained(tmp_path)
+    assert reloaded.config.ctxext["method"] == method
+    assert reloaded.config.ctxext["params"] == model.config.ctxext["params"]
+    torch.testing.assert_close(logits(reloaded, ids), before, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_restore_gives_back_the_unpatched_model(method):
+    ids = tokens(150)
+    model = make_model("llama")
+    want = logits(model, ids)
+    ctxext.extend(model, method, factor=3, **PARAMS[method])
+    assert not torch.allclose(logits(model, ids), want)
+    ctxext.restore(model)
+    assert model.config._attn_implementation == "sdpa"
+    assert torch.equal(logits(model, ids), want)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bfloat16_stays_close_to_float32(method):
+    ids = tokens(150)
+    full = logits(extended("llama", method), ids)
+    half = logits(extended("llama", method, dtype=torch.bfloat16), ids)
+    assert half.dtype == torch.bfloat16
+    assert (half.float() - full).abs().max() < 0.1
+
+
+def test_ms_poe_ranks_heads_again_for_every_new_prompt():
+    model = extended("llama", "ms-poe")
+    first, second = tokens(90, seed=3), tokens(120, seed=4)
+    logits(model, first)
+    after_other_prompt = logits(model, second)
+    fresh = logits(extended("llama", "ms-poe"), second)
+    assert torch.equal(after_other_prompt, fresh)
+
+
+def test_the_checkpoint_rope_scaling_is_kept():
+    model = make_model("llama")
+    ctxext.extend(model, "yarn", factor=2)
+    model.config.rope_parameters = dict(model.config.rope_parameters)
+    del model.config.ctxext  # as if the checkpoint itself shipped yarn scaling
+    model.__dict__.pop("_ctxext_state")
+    ids = tokens(150, batch=2)
+    yarn_reference = make_model("llama")
+    ctxext.extend(yarn_reference, "yarn", factor=2)
+    del yarn_reference.config.ctxext
+    yarn_reference.__dict__.pop("_ctxext_state")
+    ctxext.extend(model, "string", factor=1, **PARAMS["string"])
+    attention_reference.install(yarn_reference, "string", PARAMS["string"])
+    torch.testing.assert_close(logits(model, ids), logits(yarn_reference, ids), atol=2e-4, rtol=1e-4)
+    with pytest.raises(CtxextError, match="two temperatures|stack"):
+        ctxext.extend(make_model("llama"), "yarn", factor=2).config  # noqa: B018
+        model2 = make_model("llama")
+        ctxext.extend(model2, "yarn", factor=2)
+        del model2.config.ctxext
+        model2.__dict__.pop("_ctxext_state")
+        ctxext.extend(model2, "dca", factor=2, temperature=True)
+
+
+@pytest.mark.parametrize(
+    "family, message",
+    [("gemma3_text", "per-layer-type"), ("mistral_sliding", "sliding-window")],
+)
+def test_unsupported_models_are_refused(family, message):
+    if family == "mistral_sliding":
+        from transformers import AutoModelForCausalLM, MistralConfig
+
+        model = AutoModelForCausalLM.from_config(MistralConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                                               num_hidden_layers=1, intermediate_size=64,
+                                                               vocab_size=128, sliding_window=32))
+    else:
+        model = make_model(family)
+    with pytest.raises(CtxextError, match=message):
+        ctxext.extend(model, "string", factor=2)
+    assert not ctxext.is_extended(model)
+
+
+def test_dynamic_rope_is_refused():
+    model = make_model("llama")
+    model.config.rope_parameters = {**model.config.rope_parameters, "rope_type": "dynamic", "factor": 2.0}
+    with pytest.raises(CtxextError, match="static rope"):
+        ctxext.extend(model, "dca", factor=2)
+
+
+def test_packed_sequences_and_4d_masks_are_refused():
+    model = extended("llama", "string")
+    ids = tokens(20)
+    packed = torch.cat([torch.arange(10), torch.arange(10)])[None]
+    with pytest.raises(CtxextError, match="consecutive position ids|packed"):
+        logits(model, ids, position_ids=packed)
+    with pytest.raises(CtxextError, match="4D"):
+        logits(model, ids, attention_mask=torch.ones(1, 1, 20, 20, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("method, params, message", [
+    ("string", dict(shifted_offset=10, local_value=10), "below shifted_offset"),
+    ("dca", dict(chunk_size=8, local_window=8), "local_window < chunk_size"),
+    ("lm-infinite", dict(window=NATIVE + 1), "must not exceed"),
+    ("self-extend", dict(group_size=0), "at least 1"),
+    ("ms-poe", dict(min_ratio=2.0, max_ratio=1.0), "min_ratio <= max_ratio"),
+    ("dca", dict(chunk_size=10.5), "whole number"),
+])
+def test_bad_parameters_get_clear_errors(method, params, message):
+    model = make_model("llama")
+    with pytest.raises(CtxextError, match=message):
+        ctxext.extend(model, method, factor=2, **params)
+    assert not ctxext.is_extended(model)
+    assert model.config._attn_implementation == "sdpa"
