@@ -1,6 +1,7 @@
-"""Passkey retrieval on SmolLM2-135M-Instruct, unpatched and with each rope-frequency method.
+"""Passkey retrieval on SmolLM2-135M-Instruct, unpatched and with each extension method.
 
     .venv/bin/python bench/passkey_methods.py --length 1500 --factor 2
+    python bench/passkey_methods.py --length 16000 --factor 2 --device cuda --model PATH.gguf
 
 Prints a markdown table (correct/total per method and the forward+generate wall time
 relative to the unpatched model in the same run) for BENCHMARKS.md.
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 import ctxext
+from ctxext.checkpoint import resolve_model_path
 from ctxext.default_model import default_model_path
 from ctxext.eval.passkey import run_passkey
 
@@ -28,11 +30,13 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=2.0)
     parser.add_argument("--depths", default="0,0.25,0.5,0.75,1")
     parser.add_argument("--methods", default=",".join(ctxext.list_methods()))
+    parser.add_argument("--model", help="a .gguf file or model directory (default: the embedded SmolLM2)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     depths = [float(d) for d in args.depths.split(",")]
-    path = default_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = ctxext.from_pretrained(path, dtype=torch.float32).eval()
+    location = resolve_model_path(args.model) if args.model else resolve_model_path(default_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(location.directory, gguf_file=location.gguf_file)
+    model = ctxext.from_pretrained(args.model or default_model_path(), dtype=torch.float32).to(args.device).eval()
     rows = []
     for method in tqdm(["unpatched", *args.methods.split(",")], desc="methods"):
         if method != "unpatched":
@@ -40,6 +44,7 @@ def main() -> None:
         start = time.perf_counter()
         results = run_passkey(model, tokenizer, args.length, depths, seed=0)
         rows.append((method, results, time.perf_counter() - start))
+        tqdm.write(f"{method}: {[r.correct for r in results]} {[r.generated for r in results]}")
     base_time = rows[0][2]
     print("| method | correct / total | depths missed | time vs unpatched |\n|---|---|---|---|")
     for method, results, seconds in rows:

@@ -234,3 +234,19 @@ def test_bad_parameters_get_clear_errors(method, params, message):
         ctxext.extend(model, method, factor=2, **params)
     assert not ctxext.is_extended(model)
     assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_cpu(method, dtype, block):
+    ids = tokens(150, batch=2)
+    model = extended("llama", method, dtype=dtype)
+    cpu = logits(model, ids).float()
+    got = logits(model.to("cuda"), ids.to("cuda")).float().cpu()
+    tolerance = 1e-3 if dtype == torch.float32 else 2e-2
+    assert (got - cpu).abs().max() < tolerance
+    rows, padded, mask = _left_padded([60, 45])
+    batched = model.generate(padded.cuda(), attention_mask=mask.cuda(), max_new_tokens=8, min_new_tokens=8,
+                             do_sample=False, pad_token_id=0)
+    assert batched.shape == (2, padded.shape[1] + 8)

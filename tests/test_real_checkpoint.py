@@ -35,6 +35,17 @@ def test_yarn_x2_keeps_passkey_at_1_5k_tokens(smollm2):
     assert [r.correct for r in results] == [True, True], [r.generated for r in results]
 
 
+@pytest.mark.parametrize("method", ["dca", "string", "lm-infinite", "ms-poe", "self-extend"])
+def test_attention_methods_keep_passkey_at_1_5k_tokens(smollm2, method):
+    model, tokenizer = smollm2
+    ctxext.extend(model, method, factor=2)
+    try:
+        results = run_passkey(model, tokenizer, 1500, depths=[0.5], seed=2)
+    finally:
+        ctxext.restore(model)
+    assert results[0].correct, results[0].generated
+
+
 STOCK_LOAD = """
 import sys, json
 from transformers import AutoModelForCausalLM, AutoTokenizer

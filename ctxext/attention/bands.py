@@ -87,14 +87,16 @@ def _band_block(band: Band, i0: int, i1: int, q0: int, scale: float) -> list[Par
     return parts
 
 
-def band_attention(bands_of_block, n: int, q0: int, scale: float, blocks=None) -> torch.Tensor:
+def band_attention(bands_of_block, n: int, q0: int, scale: float, blocks=None, narrowest: float = math.inf):
     """Attention output (b, hq, n, d) fp32 for queries at key indexes q0 .. q0 + n - 1.
 
     ``bands_of_block(i0, i1)`` returns the bands of a query block; ``blocks`` optionally
     gives the block boundaries (methods whose bands change at chunk borders align blocks).
+    ``narrowest`` is the smallest far - near of the bands: blocks no wider than it keep
+    every band on the fast unmasked kernels.
     """
     if blocks is None:
-        blocks = even_blocks(q0, q0 + n)
+        blocks = even_blocks(q0, q0 + n, int(max(1, min(BLOCK, narrowest))))
     outputs = []
     for i0, i1 in blocks:
         parts = []
@@ -104,5 +106,5 @@ def band_attention(bands_of_block, n: int, q0: int, scale: float, blocks=None) -
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
 
-def even_blocks(start: int, end: int) -> list[tuple[int, int]]:
-    return [(i, min(i + BLOCK, end)) for i in range(start, end, BLOCK)]
+def even_blocks(start: int, end: int, size: int) -> list[tuple[int, int]]:
+    return [(i, min(i + size, end)) for i in range(start, end, size)]

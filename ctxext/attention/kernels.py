@@ -43,9 +43,11 @@ def _kernel(q, k, v, scale: float, causal: bool, mask: torch.Tensor | None):
         return _CPU_FLASH(q, k, v, 0.0, causal, attn_mask=additive, scale=scale)
     if q.device.type == "cuda" and _CUDA_EFFICIENT is not None and q.dtype in (torch.float16, torch.bfloat16, torch.float32):
         bias = None
-        if mask is not None:
-            bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-            bias = bias.expand(q.shape[0], q.shape[1], *mask.shape[-2:])
+        if mask is not None:  # the kernel wants the bias rows aligned to 8 elements
+            rows, width = mask.shape
+            bias = torch.zeros(rows, -(-width // 8) * 8, dtype=q.dtype, device=q.device)[:, :width]
+            bias.masked_fill_(~mask, float("-inf"))
+            bias = bias.expand(q.shape[0], q.shape[1], rows, width)
         out, lse = _CUDA_EFFICIENT(q, k, v, bias, True, 0.0, causal, scale=scale)[:2]
         return out, lse[..., : q.shape[2]].float()
     logits = (q.float() @ k.float().transpose(-1, -2)) * scale

@@ -54,7 +54,7 @@ class LMInfiniteRuntime(AttentionRuntime):
                 found.append(Band(at_cap, at_origin, v_global, near=max(self.window, self.cap), far=math.inf))
             return found
 
-        return band_attention(bands, call.q.shape[2], call.q0, call.scale)
+        return band_attention(bands, call.q.shape[2], call.q0, call.scale, narrowest=self.window - 1)
 
 
 register_attention(

@@ -59,7 +59,7 @@ class SelfExtendRuntime(AttentionRuntime):
             return [Band(q_near, k_near, call.v[:, :, near_start:], near=0, far=self.window - 1, offset=near_start),
                     Band(q_grouped, call.k, call.v, near=self.window, far=math.inf)]
 
-        return band_attention(bands, call.q.shape[2], call.q0, call.scale)
+        return band_attention(bands, call.q.shape[2], call.q0, call.scale, narrowest=self.window - 1)
 
 
 register_attention(

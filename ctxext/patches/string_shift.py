@@ -46,7 +46,7 @@ class StringRuntime(AttentionRuntime):
             return [Band(call.q, call.k, call.v, near=0, far=self.shift - 1),
                     Band(far_q, call.k, call.v, near=self.shift, far=math.inf)]
 
-        return band_attention(bands, call.q.shape[2], call.q0, call.scale)
+        return band_attention(bands, call.q.shape[2], call.q0, call.scale, narrowest=self.shift - 1)
 
 
 register_attention(
