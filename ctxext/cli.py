@@ -59,13 +59,38 @@ def _parse_numbers(text: str) -> list[float] | float:
     return values
 
 
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+    return value in ("true", "1", "yes", "on")
+
+
+def _parse_whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+
+
+def _parameter_type(hint) -> Any:
+    """argparse type for a method parameter's annotation."""
+    if hint is bool:
+        return _parse_bool
+    if "list" in str(hint):
+        return _parse_numbers
+    if hint is int or str(hint) in ("int | None", "typing.Optional[int]"):
+        return _parse_whole
+    return float
+
+
 def _method_parameters() -> dict[str, tuple[dataclasses.Field, list[str], Any]]:
     """Every method parameter name -> (field, methods taking it, argparse type)."""
     found: dict[str, tuple[dataclasses.Field, list[str], Any]] = {}
     for method in all_methods():
         hints = typing.get_type_hints(method.config_class)
         for f in dataclasses.fields(method.config_class):
-            kind = _parse_numbers if "list" in str(hints[f.name]) else float
+            kind = _parameter_type(hints[f.name])
             entry = found.setdefault(f.name, (f, [], kind))
             entry[1].append(method.name)
     return found

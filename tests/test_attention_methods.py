@@ -162,27 +162,35 @@ def test_ms_poe_ranks_heads_again_for_every_new_prompt():
     assert torch.equal(after_other_prompt, fresh)
 
 
+def _yarn_checkpoint():
+    """A tiny Llama whose own config ships YaRN scaling (like a Qwen or Llama-3 checkpoint would)."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import FAMILIES
+
+    config = FAMILIES["llama"]()
+    config.rope_parameters = {"rope_type": "yarn", "factor": 2.0, "rope_theta": 10000.0,
+                              "original_max_position_embeddings": NATIVE}
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
 def test_the_checkpoint_rope_scaling_is_kept():
-    model = make_model("llama")
-    ctxext.extend(model, "yarn", factor=2)
-    model.config.rope_parameters = dict(model.config.rope_parameters)
-    del model.config.ctxext  # as if the checkpoint itself shipped yarn scaling
-    model.__dict__.pop("_ctxext_state")
-    ids = tokens(150, batch=2)
-    yarn_reference = make_model("llama")
-    ctxext.extend(yarn_reference, "yarn", factor=2)
-    del yarn_reference.config.ctxext
-    yarn_reference.__dict__.pop("_ctxext_state")
+    model, reference_model = _yarn_checkpoint(), _yarn_checkpoint()
+    assert model.model.rotary_emb.attention_scaling > 1
     ctxext.extend(model, "string", factor=1, **PARAMS["string"])
-    attention_reference.install(yarn_reference, "string", PARAMS["string"])
-    torch.testing.assert_close(logits(model, ids), logits(yarn_reference, ids), atol=2e-4, rtol=1e-4)
-    with pytest.raises(CtxextError, match="two temperatures|stack"):
-        ctxext.extend(make_model("llama"), "yarn", factor=2).config  # noqa: B018
-        model2 = make_model("llama")
-        ctxext.extend(model2, "yarn", factor=2)
-        del model2.config.ctxext
-        model2.__dict__.pop("_ctxext_state")
-        ctxext.extend(model2, "dca", factor=2, temperature=True)
+    assert model.config.rope_parameters["rope_type"] == "yarn"
+    attention_reference.install(reference_model, "string", PARAMS["string"])
+    ids = tokens(150, batch=2)
+    torch.testing.assert_close(logits(model, ids), logits(reference_model, ids), atol=2e-4, rtol=1e-4)
+
+
+def test_two_temperatures_are_never_stacked():
+    model = _yarn_checkpoint()
+    with pytest.raises(CtxextError, match="stack"):
+        ctxext.extend(model, "dca", factor=2, temperature=True)
+    assert not ctxext.is_extended(model) and model.config._attn_implementation == "sdpa"
+    ctxext.extend(model, "dca", factor=2)  # without DCA's temperature it is fine
 
 
 @pytest.mark.parametrize(
@@ -250,3 +258,21 @@ def test_cuda_matches_cpu(method, dtype, block):
     batched = model.generate(padded.cuda(), attention_mask=mask.cuda(), max_new_tokens=8, min_new_tokens=8,
                              do_sample=False, pad_token_id=0)
     assert batched.shape == (2, padded.shape[1] + 8)
+
+
+def test_cli_patch_records_an_attention_method_that_from_pretrained_reapplies(tiny_dir, capsys):
+    from ctxext.cli import main
+
+    original = (tiny_dir / "config.json").read_bytes()
+    assert main(["patch", "--method", "dca", "--factor", "3", "--chunk-size", "48", "--local-window", "8",
+                 "--temperature", "true", str(tiny_dir)]) == 0
+    assert "ctxext.from_pretrained" in capsys.readouterr().out
+    reloaded = ctxext.from_pretrained(tiny_dir)
+    assert reloaded.config._attn_implementation == "ctxext_dca"
+    ids = tokens(150)
+    torch.testing.assert_close(logits(reloaded, ids), logits(extended("llama", "dca"), ids), atol=1e-6, rtol=1e-6)
+    assert main(["unpatch", str(tiny_dir)]) == 0
+    assert (tiny_dir / "config.json").read_bytes() == original
+    with pytest.raises(SystemExit):
+        main(["patch", "--method", "dca", "--factor", "3", "--temperature", "maybe", str(tiny_dir)])
+    assert (tiny_dir / "config.json").read_bytes() == original

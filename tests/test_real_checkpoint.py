@@ -35,7 +35,13 @@ def test_yarn_x2_keeps_passkey_at_1_5k_tokens(smollm2):
     assert [r.correct for r in results] == [True, True], [r.generated for r in results]
 
 
-@pytest.mark.parametrize("method", ["dca", "string", "lm-infinite", "ms-poe", "self-extend"])
+MS_POE_DAMAGE = pytest.mark.xfail(
+    strict=True, reason="Ms-PoE's 1.2-1.8x position compression breaks SmolLM2-135M retrieval, like PI (BENCHMARKS.md)"
+)
+
+
+@pytest.mark.parametrize("method", ["dca", "string", "lm-infinite", pytest.param("ms-poe", marks=MS_POE_DAMAGE),
+                                    "self-extend"])
 def test_attention_methods_keep_passkey_at_1_5k_tokens(smollm2, method):
     model, tokenizer = smollm2
     ctxext.extend(model, method, factor=2)
