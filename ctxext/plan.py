@@ -48,7 +48,8 @@ def resolve_lengths(
             raise CtxextError(f"factor must be a finite number, got {factor!r}")
         if factor < 1 or (factor == 1 and not allow_native):
             bound = "at least 1" if allow_native else "greater than 1"
-            raise CtxextError(f"factor must be {bound} (got {factor}); less would not extend anything")
+            smaller = "less" if allow_native else "1 or less"
+            raise CtxextError(f"factor must be {bound} (got {factor}); {smaller} would not extend anything")
         return float(factor), original, int(round(original * factor))
     if isinstance(target_length, bool) or not isinstance(target_length, int):
         raise CtxextError(f"target length must be an integer, got {target_length!r}")
@@ -109,17 +110,21 @@ def plan_extension(
         fields["original_max_position_embeddings"] = original
     _check_transformers_accepts(config, fields, setup.model_type)
     replaced = {name: copy.deepcopy(getattr(config, name)) for name in fields}
-    record = ExtensionRecord(
-        method=rope_method.name,
-        factor=factor,
-        original_length=original,
-        target_length=target,
+    record = _record(rope_method, method_config, scalings[layer_types[0]], layer_types, replaced)
+    return ExtensionPlan(rope_method, method_config, scalings, fields, record)
+
+
+def _record(method, method_config, scaling: Scaling, layer_types, replaced: dict[str, Any]) -> ExtensionRecord:
+    return ExtensionRecord(
+        method=method.name,
+        factor=scaling.factor,
+        original_length=scaling.original_length,
+        target_length=scaling.target_length,
         params=method_config.to_dict(),
         rope_layer_types=None if layer_types == [None] else list(layer_types),
         replaced=replaced,
         version=__version__,
     )
-    return ExtensionPlan(rope_method, method_config, scalings, fields, record)
 
 
 def _plan_attention(config, setup, method, method_config, factor, target_length, original_length) -> ExtensionPlan:
@@ -134,17 +139,7 @@ def _plan_attention(config, setup, method, method_config, factor, target_length,
     factor, original, target = resolve_lengths(setup.native_length, factor, target_length, original_length, True)
     scaling = Scaling(factor, original, target, setup.rotary_dim(None))
     method.runtime(method_config, scaling)  # validates the parameters against the lengths
-    record = ExtensionRecord(
-        method=method.name,
-        factor=factor,
-        original_length=original,
-        target_length=target,
-        params=method_config.to_dict(),
-        rope_layer_types=None,
-        replaced={},
-        version=__version__,
-    )
-    return ExtensionPlan(method, method_config, {None: scaling}, {}, record)
+    return ExtensionPlan(method, method_config, {None: scaling}, {}, _record(method, method_config, scaling, [None], {}))
 
 
 def _check_transformers_accepts(config: Any, fields: dict[str, Any], model_type: str) -> None:
