@@ -100,10 +100,3 @@ def score_window(model, ids: torch.Tensor, index: int, window: int, stride: int,
                         torch.bincount(bucket_ids, minlength=n_buckets).tolist())
 
 
-def summarize(windows: list[WindowResult]) -> dict:
-    """Token-weighted NLL and perplexity, and the mean NLL per position bucket."""
-    nll, n = sum(w.nll_sum for w in windows), sum(w.n_scored for w in windows)
-    buckets = [sum(values) for values in zip(*(w.bucket_nll for w in windows))]
-    counts = [sum(values) for values in zip(*(w.bucket_count for w in windows))]
-    return {"nll": nll / n, "ppl": math.exp(nll / n), "tokens": n,
-            "bucket_nll": [b / c for b, c in zip(buckets, counts)]}

@@ -58,22 +58,24 @@ DEPTHS = [round(100 * i / 39) for i in range(40)]  # upstream's 40 insertion dep
 
 
 @lru_cache(maxsize=1)
-def _wordlists() -> tuple[list[str], list[str]]:
-    """Upstream's vocabularies: adjective-noun keys, and the shuffled common-words list."""
+def _wordlists() -> tuple[list[str], list[str], list[str]]:
+    """Upstream's vocabularies (wonderwords): adjectives and nouns for the adjective-noun keys,
+    and the shuffled common-words list."""
     import wonderwords
 
     categories = wonderwords.RandomWord()._categories
-    keys = sorted({f"{adj}-{noun}" for adj in categories["adjectives"] for noun in categories["nouns"]})
+    adjectives, nouns = sorted(set(categories["adjectives"])), sorted(set(categories["nouns"]))
     common = sorted({w for kind in ("nouns", "adjectives", "verbs") for w in categories[kind]})
     random.Random(42).shuffle(common)
-    return keys, common
+    return adjectives, nouns, common
 
 
 def _random_value(rng: random.Random, kind: str) -> str:
     if kind == "numbers":
         return str(rng.randint(10**6, 10**7 - 1))
-    if kind == "words":
-        return rng.choice(_wordlists()[0])
+    if kind == "words":  # uniform over upstream's adjective x noun list, without building it
+        adjectives, nouns, _ = _wordlists()
+        return f"{rng.choice(adjectives)}-{rng.choice(nouns)}"
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
@@ -184,7 +186,7 @@ def _numbered(words: list[str]) -> str:
 
 
 def _cwe_words(rng: random.Random, num_words: int, common_repeats: int, uncommon_repeats: int) -> tuple[str, list[str]]:
-    words = rng.sample(_wordlists()[1], num_words)
+    words = rng.sample(_wordlists()[2], num_words)
     word_list = words[:10] * common_repeats + words[10:] * uncommon_repeats
     rng.shuffle(word_list)
     return _numbered(word_list), words[:10]
@@ -195,7 +197,7 @@ def _cwe_builder(rng: random.Random, length: int) -> Callable[[int], str]:
     short = length < 4096
     example_context, example_answer = _cwe_words(rng, 20 if short else 40, 3 if short else 10, 1 if short else 3)
     example = CWE_TEMPLATE.format(context=example_context) + CWE_ANSWER + " " + _numbered(example_answer)
-    words = _wordlists()[1][:]
+    words = _wordlists()[2][:]
     rng.shuffle(words)
     order_seed = rng.random()
 
