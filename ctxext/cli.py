@@ -132,7 +132,7 @@ def _add_eval_parser(commands) -> None:
     p.add_argument("--tasks", default="passkey", help="comma-separated: passkey, ruler, ruler-synthetic, ppl, "
                    "or single RULER-style tasks (niah_single_1, vt, cwe, ...) (default passkey)")
     p.add_argument("--lengths", default="4k", help="comma-separated prompt lengths / ppl windows, e.g. 4k,8k,16k")
-    p.add_argument("--samples", type=int, default=5, help="samples per task and length; ppl windows (default 5)")
+    p.add_argument("--samples", type=int, default=5, help="samples per task and length (default 5)")
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1",
                    help="needle depths for passkey and single-needle tasks, cycled over samples, or 'random'")
     p.add_argument("--seed", type=int, default=0)
@@ -142,6 +142,7 @@ def _add_eval_parser(commands) -> None:
     p.add_argument("--replace", action="store_true", help="let the methods replace the checkpoint's own rope scaling")
     p.add_argument("--threshold", type=float, default=85.6, help="score for RULER's effective length (default 85.6)")
     p.add_argument("--ppl-stride", type=int, default=256, help="sliding-window stride (default 256)")
+    p.add_argument("--ppl-windows", type=int, default=1, help="sliding windows per length (default 1)")
     p.add_argument("--ppl-bucket", type=int, default=1024, help="position bucket for NLL per position (default 1024)")
     corpus = p.add_mutually_exclusive_group()
     corpus.add_argument("--text-file", help="perplexity corpus (default: CPython's pydoc topics prose)")

@@ -26,7 +26,7 @@ def config_from_args(args: argparse.Namespace, params: dict) -> EvalConfig:
         model=args.model, out=args.out, methods=methods, factor=args.factor, target_length=args.target_length,
         params=params, tasks=expand_tasks(args.tasks), lengths=parse_lengths(args.lengths), samples=args.samples,
         depths=_depths(args.depths), seed=args.seed, dtype=args.dtype, device=args.device, replace=args.replace,
-        ppl_stride=args.ppl_stride, ppl_bucket=args.ppl_bucket, text_file=args.text_file,
+        ppl_stride=args.ppl_stride, ppl_windows=args.ppl_windows, ppl_bucket=args.ppl_bucket, text_file=args.text_file,
         text_dataset=args.text_dataset, threshold=args.threshold, lm_eval_tasks=lm_eval_tasks,
         lm_eval_limit=args.lm_eval_limit,
     )

@@ -46,6 +46,7 @@ class EvalConfig:
     device: str = "cpu"
     replace: bool = False
     ppl_stride: int = 256
+    ppl_windows: int = 1  # sliding windows per length; each after the first scores `ppl_stride` new tokens
     ppl_bucket: int = 1024
     text_file: str | None = None
     text_dataset: str | None = None
@@ -76,8 +77,8 @@ def check_config(config: EvalConfig) -> None:
         raise CtxextError("give --factor or --target-length for the extension methods")
     if config.samples < 1:
         raise CtxextError("--samples must be at least 1")
-    if config.ppl_stride < 1 or config.ppl_bucket < 1:
-        raise CtxextError("--ppl-stride and --ppl-bucket must be positive")
+    if min(config.ppl_stride, config.ppl_bucket, config.ppl_windows) < 1:
+        raise CtxextError("--ppl-stride, --ppl-bucket and --ppl-windows must be positive")
     if config.depths is not None and not all(0 <= d <= 1 for d in config.depths):
         raise CtxextError("--depths must lie in [0, 1]")
 
@@ -133,7 +134,7 @@ def plan_units(config: EvalConfig, n_corpus_tokens: int | None) -> list[tuple[st
             for length in config.lengths:
                 count = config.samples
                 if task == PPL:
-                    count = min(count, perplexity.window_count(n_corpus_tokens, length, config.ppl_stride))
+                    count = min(config.ppl_windows, perplexity.window_count(n_corpus_tokens, length, config.ppl_stride))
                 units += [(method, task, length, i) for i in range(count)]
     return units
 
