@@ -19,7 +19,7 @@ def include_path() -> Path:
     return INCLUDE_PATH
 
 
-def _require_lm_eval():
+def require_lm_eval():
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
@@ -31,8 +31,9 @@ def _require_lm_eval():
 
 def evaluate(model, tokenizer, tasks: list[str], max_length: int, metadata: dict, limit: int | None = None) -> dict:
     """{task: {metric: value}} for ``tasks`` (lm-eval names or ctxext_* names) on ``model`` as it is."""
-    lm_eval, HFLM, TaskManager = _require_lm_eval()
-    manager = TaskManager(include_path=str(INCLUDE_PATH), metadata=metadata)
+    lm_eval, HFLM, TaskManager = require_lm_eval()
+    ours_only = all(t.startswith("ctxext_") for t in tasks)  # indexing lm-eval's own thousands of tasks is slow
+    manager = TaskManager(include_path=str(INCLUDE_PATH), include_defaults=not ours_only, metadata=metadata)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise CtxextError(f"unknown lm-eval task(s): {', '.join(unknown)}")
@@ -50,7 +51,6 @@ def run_lm_eval_tasks(model, tokenizer, location, config, store, max_length: int
     """Each method's lm-eval results, logged like samples so that a resumed run skips them."""
     from .runner import BASELINE, apply_method
 
-    _require_lm_eval()
     metadata = {"tokenizer": str(location.directory), "gguf_file": location.gguf_file,
                 "max_seq_lengths": config.lengths, "num_samples": config.samples, "seed": config.seed}
     tasks_key = ",".join(config.lm_eval_tasks)

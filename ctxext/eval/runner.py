@@ -81,6 +81,10 @@ def check_config(config: EvalConfig) -> None:
         raise CtxextError("--ppl-stride, --ppl-bucket and --ppl-windows must be positive")
     if config.depths is not None and not all(0 <= d <= 1 for d in config.depths):
         raise CtxextError("--depths must lie in [0, 1]")
+    if config.lm_eval_tasks:
+        from .lm_eval_bridge import require_lm_eval
+
+        require_lm_eval()
 
 
 def apply_method(model, method: str, config: EvalConfig) -> None:
