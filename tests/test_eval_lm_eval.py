@@ -35,13 +35,16 @@ def test_tasks_load_from_the_include_path_offline(no_network, tiny_eval_dir):
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(include_path()), include_defaults=False,
-                          metadata={"tokenizer": str(tiny_eval_dir), "max_seq_lengths": [512, 1024], "num_samples": 2})
+                          metadata={"tokenizer": str(tiny_eval_dir), "max_seq_lengths": [1024, 2048], "num_samples": 2})
     assert {"ctxext_passkey", "ctxext_niah_single_1", "ctxext_vt", "ctxext_ruler"} <= set(manager.all_tasks)
-    task = manager.load(["ctxext_passkey"])["tasks"]["ctxext_passkey"]
-    docs = list(task.test_docs())
-    assert [d["length"] for d in docs] == [512, 512, 1024, 1024]
+    tasks = manager.load(["ctxext_passkey", "ctxext_vt"])["tasks"]
+    docs = list(tasks["ctxext_passkey"].test_docs())
+    assert [d["length"] for d in docs] == [1024, 1024, 2048, 2048]
     assert all(d["outputs"][0] in d["input"] and d["input"].endswith("The pass key is") for d in docs)
-    assert task.process_results(docs[0], [f" {docs[0]['outputs'][0]}."]) == {"score": 100.0}
+    assert tasks["ctxext_passkey"].process_results(docs[0], [f" {docs[0]['outputs'][0]}."]) == {"score": 100.0}
+    vt = list(tasks["ctxext_vt"].test_docs())
+    assert len(vt) == 4 and all(f"VAR {d['outputs'][0]} = " in d["input"] for d in vt)
+    assert tasks["ctxext_vt"].config.generation_kwargs["max_gen_toks"] == 30
 
 
 def test_ctxext_eval_runs_lm_eval_tasks_on_the_extended_model(no_network, tiny_eval_dir, tmp_path):

@@ -27,6 +27,7 @@ def _tokenizer(name: str, gguf_file: str | None):
 
 
 def dataset(task: str, **kwargs):
+    """The docs of ``task`` (set by each YAML's ``dataset_kwargs``) for every length in the metadata."""
     import datasets
 
     from ctxext.eval.tasks import make_sample
@@ -44,24 +45,6 @@ def dataset(task: str, **kwargs):
             docs.append({"input": sample.prompt, "outputs": sample.references, "metric": sample.metric,
                          "length": sample.length, "depth": sample.depth if sample.depth is not None else -1.0})
     return {"test": datasets.Dataset.from_list(docs)}
-
-
-def _dataset_for(task: str):
-    return lambda **kwargs: dataset(task, **kwargs)
-
-
-passkey = _dataset_for("passkey")
-niah_single_1 = _dataset_for("niah_single_1")
-niah_single_2 = _dataset_for("niah_single_2")
-niah_single_3 = _dataset_for("niah_single_3")
-niah_multikey_1 = _dataset_for("niah_multikey_1")
-niah_multikey_2 = _dataset_for("niah_multikey_2")
-niah_multikey_3 = _dataset_for("niah_multikey_3")
-niah_multivalue = _dataset_for("niah_multivalue")
-niah_multiquery = _dataset_for("niah_multiquery")
-vt = _dataset_for("vt")
-cwe = _dataset_for("cwe")
-fwe = _dataset_for("fwe")
 
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
