@@ -22,6 +22,7 @@ from ..registry import get_method
 from ..rope_config import read_rope_setup, text_config
 from . import perplexity
 from .generation import greedy_generate
+from .samples import Sample
 from .scoring import score
 from .store import RecordStore
 from .tasks import PPL, make_sample
@@ -151,14 +152,10 @@ def run(config: EvalConfig) -> dict:
     corpus = perplexity.load_corpus(config.text_file, config.text_dataset) if PPL in config.tasks else None
     store = RecordStore(config.out, config.settings())
     model, tokenizer, location = load_model(config)
-    ids = None
-    if corpus is not None:
-        ids = torch.tensor(tokenizer(corpus[0], add_special_tokens=True)["input_ids"])
-        for length in config.lengths:
-            perplexity.window_count(len(ids), length, config.ppl_stride)
+    ids = None if corpus is None else torch.tensor(tokenizer(corpus[0], add_special_tokens=True)["input_ids"])
     units = plan_units(config, None if ids is None else len(ids))
     todo = [u for u in units if u not in store]
-    samples: dict[tuple, object] = {}
+    samples: dict[tuple, Sample] = {}
     current = None
     with tqdm(total=len(todo), desc="eval", unit="sample", disable=not todo) as bar:
         for method, task, length, index in todo:
