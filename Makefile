@@ -23,11 +23,9 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 demo: install
-	rm -rf build/smollm2-yarn2
-	mkdir -p build
-	$(VENV)/bin/ctxext patch --method yarn --factor 2 --output build/smollm2-yarn2 smollm2
-	$(VENV)/bin/ctxext info build/smollm2-yarn2
-	$(VENV)/bin/ctxext passkey build/smollm2-yarn2 --length 1500 --depths 0,0.5
+	# before/after: unpatched vs YaRN x2, passkey and perplexity at 4k (native 8k) and 12k (beyond it)
+	$(VENV)/bin/ctxext eval smollm2 --method yarn --factor 2 --tasks passkey,ppl --lengths 4k,12k \
+		--samples 2 --depths 0.25,0.75 --out build/demo
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -1,4 +1,4 @@
-"""The ``ctxext`` command line: patch, unpatch, info, methods, passkey.
+"""The ``ctxext`` command line: patch, unpatch, info, methods, passkey, eval.
 
 ``patch`` on a model directory rewrites only config.json (so stock transformers reloads
 the extension); on a GGUF file it loads the model and saves a patched safetensors copy.
@@ -109,6 +109,10 @@ def _add_patch_parser(commands) -> None:
     p.add_argument("--rope-layer-types", help="comma-separated layer types to extend (per-layer-type configs)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype when saving a GGUF input")
     p.add_argument("--dry-run", action="store_true", help="print the config.json diff and write nothing")
+    _add_method_parameters(p)
+
+
+def _add_method_parameters(p) -> None:
     group = p.add_argument_group("method parameters")
     for name, (f, methods, kind) in sorted(_method_parameters().items()):
         group.add_argument(_flag(name), dest=f"param_{name}", type=kind, default=None, metavar=name.upper(),
@@ -137,7 +141,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, default=1500, help="prompt length in tokens (default 1500)")
     p.add_argument("--depths", default="0,0.5", help="comma-separated needle depths in [0, 1] (default 0,0.5)")
     p.add_argument("--seed", type=int, default=0)
+    _add_eval_parser(commands)
     return parser
+
+
+def _add_eval_parser(commands) -> None:
+    p = commands.add_parser("eval", help="before/after evaluation: passkey, RULER-style suite, perplexity, lm-eval")
+    p.add_argument("model", help="model directory, .gguf file, or 'smollm2'")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--method", help="extension method compared with the unpatched model")
+    which.add_argument("--methods", help="comma-separated methods, side by side on the same prompts")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--factor", type=float, help="scale factor: target length / original length")
+    length.add_argument("--target-length", type=int, help="target context length in tokens")
+    p.add_argument("--tasks", default="passkey", help="comma-separated: passkey, ruler, ruler-synthetic, ppl, "
+                   "or single RULER-style tasks (niah_single_1, vt, cwe, ...) (default passkey)")
+    p.add_argument("--lengths", default="4k", help="comma-separated prompt lengths / ppl windows, e.g. 4k,8k,16k")
+    p.add_argument("--samples", type=int, default=5, help="samples per task and length (default 5)")
+    p.add_argument("--depths", default="0,0.25,0.5,0.75,1",
+                   help="needle depths for passkey and single-needle tasks, cycled over samples, or 'random'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("eval-report"), help="report directory; rerun to resume")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--replace", action="store_true", help="let the methods replace the checkpoint's own rope scaling")
+    p.add_argument("--threshold", type=float, default=85.6, help="score for RULER's effective length (default 85.6)")
+    p.add_argument("--ppl-stride", type=int, default=256, help="sliding-window stride (default 256)")
+    p.add_argument("--ppl-windows", type=int, default=1, help="sliding windows per length (default 1)")
+    p.add_argument("--ppl-bucket", type=int, default=1024, help="position bucket for NLL per position (default 1024)")
+    corpus = p.add_mutually_exclusive_group()
+    corpus.add_argument("--text-file", help="perplexity corpus (default: CPython's pydoc topics prose)")
+    corpus.add_argument("--text-dataset", help="perplexity corpus: a datasets.save_to_disk directory, DIR[:column]")
+    p.add_argument("--lm-eval-tasks", help="comma-separated lm-eval tasks (ours: ctxext_passkey, ctxext_ruler, ...)")
+    p.add_argument("--lm-eval-limit", type=int, help="lm-eval documents per task")
+    _add_method_parameters(p)
 
 
 def _collect_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -338,8 +375,18 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.cli_args import config_from_args
+    from .eval.runner import run
+
+    config = config_from_args(args, _collect_params(args))
+    run(config)
+    print(f"report: {config.out / 'report.md'} (data: report.json, pictures: *.png)")
+    return 0
+
+
 COMMANDS = {"patch": cmd_patch, "unpatch": cmd_unpatch, "methods": cmd_methods, "info": cmd_info,
-            "passkey": cmd_passkey}
+            "passkey": cmd_passkey, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

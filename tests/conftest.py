@@ -72,3 +72,30 @@ def tiny_dir(tmp_path):
     path = tmp_path / "tiny-llama"
     model.save_pretrained(path)
     return path
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer built offline (ids 3..258 are the bytes; 1 = BOS, 2 = EOS)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(sorted(byte_chars))}}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="session")
+def tiny_eval_dir(tmp_path_factory):
+    """A tiny Llama checkpoint with a byte-level tokenizer, saved together (for end-to-end eval runs)."""
+    torch.manual_seed(0)
+    config = FAMILIES["llama"]()
+    config.vocab_size = 260
+    model = AutoModelForCausalLM.from_config(config).eval()
+    path = tmp_path_factory.mktemp("tiny-eval") / "tiny-llama"
+    model.save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path

@@ -52,6 +52,13 @@ def test_attention_methods_keep_passkey_at_1_5k_tokens(smollm2, method):
     assert results[0].correct, results[0].generated
 
 
+def test_unpatched_passkey_at_1k_tokens_over_three_depths(smollm2):
+    model, tokenizer = smollm2
+    results = run_passkey(model, tokenizer, 1024, depths=[0.0, 0.5, 1.0], seed=0)
+    assert all(1000 <= r.n_tokens + 10 <= 1024 for r in results)
+    assert [r.correct for r in results] == [True, True, True], [r.generated for r in results]
+
+
 STOCK_LOAD = """
 import sys, json
 from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -3,16 +3,17 @@
 A five-digit key hidden at a given depth in repeated filler text; the model reads the
 prompt once and decodes greedily with its KV cache; the answer is right when the first
 integer it writes is the key. Prompts are sized with the model's own tokenizer so that
-prompt plus answer fit the requested length.
+prompt plus answer fit the requested length. Depths come from a grid (one per sample,
+cycling) or are drawn at random; keys are seeded per sample.
 """
 
 from __future__ import annotations
 
-import random
-import re
 from dataclasses import dataclass
 
-import torch
+from .generation import greedy_generate
+from .samples import Sample, count_tokens, largest_fitting, sample_rng
+from .scoring import first_integer
 
 INTRO = (
     "There is an important info hidden inside a lot of irrelevant text. "
@@ -21,14 +22,8 @@ INTRO = (
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 KEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key? The pass key is"
-
-
-@dataclass
-class PasskeyPrompt:
-    text: str
-    key: int
-    depth: float
-    n_tokens: int
+DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+ANSWER_TOKENS = 10
 
 
 @dataclass
@@ -47,46 +42,34 @@ def _compose(n_filler: int, depth: float, key: int) -> str:
     return "\n".join([part for part in parts if part] + [QUESTION])
 
 
-def build_prompt(tokenizer, length: int, depth: float, key: int, answer_budget: int = 16) -> PasskeyPrompt:
+def build_prompt(tokenizer, length: int, depth: float, key: int, answer_budget: int = ANSWER_TOKENS) -> tuple[str, int]:
     """The longest prompt with the key at ``depth`` (0..1) whose tokens + answer fit ``length``."""
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
-
-    def n_tokens(n_filler: int) -> int:
-        return len(tokenizer(_compose(n_filler, depth, key), add_special_tokens=True)["input_ids"])
-
     budget = length - answer_budget
-    if n_tokens(0) > budget:
-        raise ValueError(f"length {length} is too short for a passkey prompt")
-    low, high = 0, 1
-    while n_tokens(high) <= budget:
-        low, high = high, high * 2
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (mid, high) if n_tokens(mid) <= budget else (low, mid)
-    return PasskeyPrompt(_compose(low, depth, key), key, depth, n_tokens(low))
+    try:
+        n_filler = largest_fitting(lambda n: _compose(n, depth, key), lambda t: count_tokens(tokenizer, t) <= budget)
+    except ValueError:
+        raise ValueError(f"length {length} is too short for a passkey prompt") from None
+    text = _compose(n_filler, depth, key)
+    return text, count_tokens(tokenizer, text)
 
 
-def first_integer(text: str) -> int | None:
-    match = re.search(r"\d+", text)
-    return int(match.group()) if match else None
+def make_sample(tokenizer, length: int, index: int, seed: int, depths=DEFAULT_DEPTHS) -> Sample:
+    """Sample ``index``: depth ``depths[index % len(depths)]``, or a random one when ``depths`` is None."""
+    rng = sample_rng(seed, "passkey", length, index)
+    key = rng.randint(10000, 99999)
+    depth = rng.random() if depths is None else float(depths[index % len(depths)])
+    text, n_tokens = build_prompt(tokenizer, length, depth, key)
+    return Sample("passkey", length, index, text, [str(key)], "first_integer", ANSWER_TOKENS, n_tokens, depth)
 
 
-@torch.no_grad()
-def run_passkey(model, tokenizer, length: int, depths, seed: int = 0, max_new_tokens: int = 10) -> list[PasskeyResult]:
-    """Greedy passkey retrieval at one length over ``depths`` (fractions), one seeded key each."""
-    rng = random.Random(seed)
-    device = next(model.parameters()).device
+def run_passkey(model, tokenizer, length: int, depths, seed: int = 0) -> list[PasskeyResult]:
+    """Greedy passkey retrieval at one length, one seeded key at each of ``depths`` (fractions)."""
     results = []
-    for depth in depths:
-        key = rng.randint(10000, 99999)
-        prompt = build_prompt(tokenizer, length, depth, key)
-        inputs = tokenizer(prompt.text, return_tensors="pt").to(device)
-        output = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
-        )
-        generated = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        results.append(
-            PasskeyResult(length, depth, prompt.n_tokens, key, generated, first_integer(generated) == key)
-        )
+    for index in range(len(depths)):
+        sample = make_sample(tokenizer, length, index, seed, depths)
+        generated, _ = greedy_generate(model, tokenizer, sample.prompt, sample.max_new_tokens)
+        key = int(sample.references[0])
+        results.append(PasskeyResult(length, sample.depth, sample.n_tokens, key, generated, first_integer(generated) == key))
     return results

@@ -1,0 +1,33 @@
+"""Greedy decoding with the KV cache: the prompt is read once, then one token per step."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
+    found: set[int] = set()
+    for value in ids:
+        if isinstance(value, (list, tuple)):
+            found.update(value)
+        elif value is not None:
+            found.add(value)
+    return found
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, int]:
+    """The greedy continuation of ``prompt`` (special tokens dropped) and the prompt's token count."""
+    device = next(model.parameters()).device
+    input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=True)["input_ids"].to(device)
+    eos = _eos_ids(model, tokenizer)
+    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+    generated: list[int] = []
+    while True:
+        next_id = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+        generated.append(int(next_id))
+        if generated[-1] in eos or len(generated) >= max_new_tokens:
+            break
+        out = model(input_ids=next_id, past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+    return tokenizer.decode(generated, skip_special_tokens=True), input_ids.shape[1]
