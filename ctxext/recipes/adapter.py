@@ -111,9 +111,8 @@ def read_meta(out: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def save_merged(peft_model, out: Path, tokenizer=None) -> Path:
-    """Merge the adapter into the base weights (this consumes ``peft_model``) and save ``out/merged``."""
-    merged = peft_model.merge_and_unload()
+def save_merged(merged: nn.Module, out: Path, tokenizer=None) -> Path:
+    """Save a model with its adapter merged in (``merge_and_unload()``) as ``out/merged``."""
     target = out / MERGED
     staging = _staging(out)
     try:

@@ -59,9 +59,8 @@ def _dataset_texts(path: Path) -> list[str]:
     return list(dataset["text"])
 
 
-def load_token_ids(path: str | Path, tokenizer) -> torch.Tensor:
-    """All texts of ``path`` tokenized into one 1-D stream, EOS between texts."""
-    texts = read_texts(path)
+def token_ids(texts: list[str], tokenizer) -> torch.Tensor:
+    """``texts`` tokenized into one 1-D stream, EOS between texts."""
     ids: list[int] = []
     for text in texts:
         if ids and tokenizer.eos_token_id is not None:

@@ -24,7 +24,7 @@ from ..default_model import ALIAS
 from ..errors import CtxextError
 from ..rope_config import text_config
 from .adapter import save_adapter, save_merged, wrap_with_lora, write_meta
-from .data import WindowSampler, load_token_ids, read_texts
+from .data import WindowSampler, read_texts, token_ids
 from .perplexity import perplexity
 from .recipe import Recipe, load_recipe
 from .state import checkpoints, load_checkpoint, save_checkpoint
@@ -42,7 +42,7 @@ class FinetuneResult:
     perplexity_before: float | None
     perplexity_after: float | None
     merged: Path | None
-    model: Any  # the trained PeftModel (its base merged and unwrapped when ``merge``)
+    model: Any  # the trained PeftModel, or the merged plain model when ``merge``
 
 
 def finetune(
@@ -80,26 +80,20 @@ def finetune(
     ``grad_accum``, ``lora_r``, ...). The last ``eval_length`` tokens (default: the target
     length) are held out and scored before and after training.
     """
-    recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
-    unknown = sorted(set(recipe_overrides) - {f.name for f in dataclasses.fields(Recipe)} - {"name"})
-    if unknown:
-        raise CtxextError(f"finetune() got unknown recipe fields: {', '.join(unknown)}")
-    recipe = recipe.with_overrides(**recipe_overrides)
+    recipe = _resolve_recipe(recipe, recipe_overrides)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise CtxextError(f"steps must be a positive integer, got {steps!r}")
     if precision not in PRECISIONS:
         raise CtxextError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if importlib.util.find_spec("peft") is None:
         raise CtxextError("fine-tuning needs peft: pip install 'ctxext[train]'")
-    if not isinstance(data, torch.Tensor):
-        read_texts(data)  # a missing or empty file fails before the model loads
+    texts = None if isinstance(data, torch.Tensor) else read_texts(data)  # bad data fails before the model loads
     out = Path(out)
     _prepare_out(out, resume)
 
     base_model = None
     if not isinstance(model, nn.Module):
-        needs_tokenizer = tokenizer is None and not isinstance(data, torch.Tensor)
-        base_model, model, loaded_tokenizer = _load(model, with_tokenizer=needs_tokenizer)
+        base_model, model, loaded_tokenizer = _load(model, with_tokenizer=tokenizer is None and texts is not None)
         tokenizer = tokenizer or loaded_tokenizer
     extend(model, method or recipe.method, factor=factor, target_length=target_length,
            original_length=original_length, replace=replace, **(method_params or {}))
@@ -107,13 +101,9 @@ def finetune(
     target = record["target_length"]
     if recipe.seq_len > target:
         raise CtxextError(f"seq-len {recipe.seq_len} is above the target length {target}")
-
-    if isinstance(data, torch.Tensor):
-        ids = data.flatten().long()
-    elif tokenizer is None:
+    if texts is not None and tokenizer is None:
         raise CtxextError("reading text data needs a tokenizer: pass tokenizer= or give token ids")
-    else:
-        ids = load_token_ids(data, tokenizer)
+    ids = data.flatten().long() if texts is None else token_ids(texts, tokenizer)
     eval_length = (eval_length or target) if evaluate else None
     train_ids, eval_ids = _split(ids, recipe.seq_len, eval_length)
 
@@ -126,10 +116,7 @@ def finetune(
     peft_model = wrap_with_lora(model, recipe)
     generator = torch.Generator().manual_seed(seed)
     sampler = WindowSampler(train_ids, recipe.seq_len, target, recipe.positions, recipe.pose_chunks, generator)
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=recipe.lr,
-                                  betas=(0.9, 0.95), weight_decay=recipe.weight_decay)
-    warmup = recipe.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+    optimizer, scheduler = _optimizer(peft_model, recipe)
     settings = {"recipe": dataclasses.asdict(recipe), "extension": record, "seed": seed, "precision": precision,
                 "eval_length": eval_length, "data_tokens": ids.numel()}
 
@@ -142,35 +129,62 @@ def finetune(
     if eval_ids is not None and before is None:
         before = perplexity(peft_model, eval_ids.to(device), eval_length)
 
-    peft_model.train()
-    losses, tokens, started = [], 0, time.perf_counter()
-    bar = tqdm(total=steps, initial=start, desc=f"finetune {recipe.name}", disable=not progress)
-    for step in range(start + 1, steps + 1):
-        loss = _train_step(peft_model, sampler, recipe, optimizer, device, bf16)
-        scheduler.step()
-        losses.append(loss)
-        tokens += recipe.batch_size * recipe.grad_accum * recipe.seq_len
-        rate = tokens / (time.perf_counter() - started)
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:.0f}")
-        bar.update()
+    def checkpoint(step: int) -> None:
         if save_every and (step % save_every == 0 or step == steps):
             save_checkpoint(out, step, peft_model, optimizer, scheduler, generator, settings,
                             {"perplexity_before": before}, keep_checkpoints)
-    bar.close()
-    rate = tokens / max(time.perf_counter() - started, 1e-9)
 
+    losses, rate = _train(peft_model, sampler, recipe, optimizer, scheduler, range(start + 1, steps + 1), device,
+                          bf16, progress, checkpoint)
     if gradient_checkpointing:
         model.activation_checkpointing_disable()
     peft_model.eval()
     meta = {"base_model": base_model, "recipe": dataclasses.asdict(recipe), "extension": record, "steps": steps,
             "seed": seed, "eval": None}
     save_adapter(peft_model, out, meta, tokenizer)
-    after = perplexity(peft_model, eval_ids.to(device), eval_length) if eval_ids is not None else None
+    after = None
     if eval_ids is not None:
+        after = perplexity(peft_model, eval_ids.to(device), eval_length)
         meta["eval"] = {"length": eval_length, "perplexity_before": before, "perplexity_after": after}
         write_meta(out, meta)
-    merged = save_merged(peft_model, out, tokenizer) if merge else None
-    return FinetuneResult(out, steps, losses, rate, eval_length, before, after, merged, peft_model)
+    trained, merged = peft_model, None
+    if merge:
+        trained = peft_model.merge_and_unload()
+        merged = save_merged(trained, out, tokenizer)
+    return FinetuneResult(out, steps, losses, rate, eval_length, before, after, merged, trained)
+
+
+def _resolve_recipe(recipe: str | Recipe, overrides: dict[str, Any]) -> Recipe:
+    recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Recipe)} - {"name"})
+    if unknown:
+        raise CtxextError(f"finetune() got unknown recipe fields: {', '.join(unknown)}")
+    return recipe.with_overrides(**overrides)
+
+
+def _optimizer(peft_model, recipe: Recipe):
+    """AdamW on the trainable weights with a linear warm-up to a constant rate (as in the PI and PoSE papers)."""
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=recipe.lr,
+                                  betas=(0.9, 0.95), weight_decay=recipe.weight_decay)
+    warmup = recipe.warmup_steps
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+
+
+def _train(peft_model, sampler, recipe, optimizer, scheduler, steps: range, device, bf16: bool, progress: bool,
+           after_step) -> tuple[list[float], float]:
+    """Run the optimiser ``steps`` with a progress bar; returns (losses, tokens per second)."""
+    peft_model.train()
+    losses, tokens, started = [], 0, time.perf_counter()
+    bar = tqdm(total=steps.stop - 1, initial=steps.start - 1, desc=f"finetune {recipe.name}", disable=not progress)
+    for step in steps:
+        losses.append(_train_step(peft_model, sampler, recipe, optimizer, device, bf16))
+        scheduler.step()
+        tokens += recipe.batch_size * recipe.grad_accum * recipe.seq_len
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+        bar.update()
+        after_step(step)
+    bar.close()
+    return losses, tokens / max(time.perf_counter() - started, 1e-9)
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
