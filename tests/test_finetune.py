@@ -146,3 +146,17 @@ def test_cli_finetune_bad_input_gets_one_line_errors(tiny_with_tokenizer, tmp_pa
     assert main(base + [a.format(**paths) for a in args]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert errors == [f"ctxext: error: {message.format(**paths)}"]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_trains_and_reloads(family, tmp_path):
+    method = "longrope" if family == "phi3" else "yarn"
+    params = {"long_factor": 2.0} if method == "longrope" else {}
+    result = run(tmp_path / "out", steps=1, model=make_model(family), method=method, method_params=params,
+                 evaluate=False)
+    targets = result.model.peft_config["default"].target_modules
+    assert targets and all("attn" in t or "attention" in t for t in targets)
+    ids = tokens(150)
+    with torch.no_grad():
+        reloaded = load_finetuned(tmp_path / "out", base=make_model(family)).eval()
+        assert torch.equal(reloaded(input_ids=ids).logits, result.model(input_ids=ids).logits)
