@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -35,6 +36,13 @@ def test_training_lowers_the_loss_and_the_held_out_perplexity(tmp_path):
     assert meta["eval"] == {"length": 128, "perplexity_before": result.perplexity_before,
                             "perplexity_after": result.perplexity_after}
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+def test_bf16_autocast_trains_fp32_adapter_weights(tmp_path):
+    result = run(tmp_path / "out", steps=2, precision="bf16", evaluate=False)
+    assert all(math.isfinite(loss) for loss in result.losses)
+    saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
 
 
 def test_adapter_save_and_load_gives_the_same_logits(tmp_path):
