@@ -156,8 +156,8 @@ def test_cli_finetune_bad_input_gets_one_line_errors(tiny_with_tokenizer, tmp_pa
     assert errors == [f"ctxext: error: {message.format(**paths)}"]
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_every_family_trains_and_reloads(family, tmp_path):
+@pytest.mark.parametrize("family", ["gemma3_text", "gpt_neox", "phi3"])  # per-layer rope, fused qkv, longrope
+def test_other_families_train_and_reload(family, tmp_path):
     method = "longrope" if family == "phi3" else "yarn"
     params = {"long_factor": 2.0} if method == "longrope" else {}
     result = run(tmp_path / "out", steps=1, model=make_model(family), method=method, method_params=params,
