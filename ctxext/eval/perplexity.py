@@ -72,7 +72,7 @@ def window_count(n_tokens: int, window: int, stride: int) -> int:
 def token_nll(model, input_ids: torch.Tensor, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """Per-position NLL of ``targets``; the LM head runs on ``chunk`` positions at a time, so a
     long window never holds its full (length x vocabulary) logits at once."""
-    hidden = model.base_model(input_ids=input_ids).last_hidden_state[0]
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[0]
     head = model.get_output_embeddings()
     cap = getattr(text_config(model.config), "final_logit_softcapping", None)
     parts = []

@@ -1,10 +1,10 @@
-"""Sliding-window perplexity, small and self-contained.
+"""Held-out sliding-window perplexity for the fine-tune recipes (before and after training).
 
 ``perplexity(model, tokenizer_or_ids, length, ...)``: windows of ``length`` tokens move by
 ``stride``; each window scores only the tokens no earlier window scored, so every token
-after the first is scored once, with up to ``length - stride`` tokens of context. Logits
-are computed a slice at a time from the last hidden state, so a 16k-token window does not
-hold a 16k x vocabulary matrix.
+after the first is scored once, with up to ``length - stride`` tokens of context. The
+per-token losses come from :func:`ctxext.eval.perplexity.token_nll` (logits a slice at a
+time, so a 16k-token window does not hold a 16k x vocabulary matrix).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+
+from ..eval.perplexity import token_nll
 
 SLICE = 1024  # positions whose logits are materialised at once
 
@@ -52,15 +53,4 @@ def perplexity(model, tokenizer_or_ids, length: int, *, text: str | None = None,
 
 def _summed_nll(model, window: torch.Tensor, first: int) -> float:
     """Summed negative log-likelihood of ``window[first:]`` given everything before it."""
-    hidden = model.get_decoder()(input_ids=window, attention_mask=torch.ones_like(window), use_cache=False)
-    hidden = hidden.last_hidden_state[0]
-    head = model.get_output_embeddings()
-    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    total = 0.0
-    for start in range(first - 1, window.shape[1] - 1, SLICE):
-        stop = min(start + SLICE, window.shape[1] - 1)
-        logits = head(hidden[start:stop]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        total += F.cross_entropy(logits, window[0, start + 1 : stop + 1], reduction="sum").item()
-    return total
+    return float(token_nll(model, window[:, :-1], window[0, 1:], chunk=SLICE)[first - 1 :].double().sum())
