@@ -67,7 +67,6 @@ class AttentionMethod:
     aliases: tuple[str, ...] = ()
     kind = "attention"
     stock_loadable = False
-    dynamic = False
 
 
 Method = RopeMethod | AttentionMethod

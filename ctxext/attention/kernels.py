@@ -97,7 +97,7 @@ def rotate(x: torch.Tensor, delta, inv_freq: torch.Tensor) -> torch.Tensor:
     rotary = inv_freq.numel() * 2
     delta = torch.as_tensor(delta, dtype=torch.float32, device=x.device)
     angles = delta.unsqueeze(-1) * inv_freq.to(device=x.device, dtype=torch.float32)
-    cos, sin = angles.cos().repeat(*([1] * (angles.dim() - 1)), 2), angles.sin().repeat(*([1] * (angles.dim() - 1)), 2)
+    cos, sin = torch.cat((angles.cos(),) * 2, dim=-1), torch.cat((angles.sin(),) * 2, dim=-1)
     part = x[..., :rotary].float()
     first, second = part.chunk(2, dim=-1)
     turned = part * cos + torch.cat((-second, first), dim=-1) * sin

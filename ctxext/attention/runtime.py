@@ -114,6 +114,7 @@ class AttentionRuntime:
         self.config, self.scaling = config, scaling
         self.positions: torch.Tensor | None = None
         self._hooks: list[Any] = []
+        self._attention_modules: list[nn.Module] = []
         self._previous_implementation: str | None = None
         self.rotary: nn.Module | None = None
 
