@@ -1,4 +1,4 @@
-"""The Python front door: extend(), restore() and from_pretrained().
+"""The Python front door for loaded models: extend(), restore(), reapply() and from_pretrained().
 
 ``extend`` patches a loaded model in place: it rewrites the rope fields of its config,
 rebuilds the rotary modules from that config and records the patch under
@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from .config import ExtensionRecord
 from .errors import CtxextError
 from .plan import apply_fields, plan_extension, take_off_record
 from .rope_config import read_rope_setup, text_config
@@ -48,11 +49,11 @@ def extend(
     rotary = find_rotary_modules(model)
     if any(module.config is not config for _, _, module in rotary):
         raise CtxextError("the rotary modules do not share the model's config; ctxext cannot patch this model")
-    if getattr(config, "ctxext", None):
+    existing = ExtensionRecord.of(config)
+    if existing is not None:
         if not replace:
-            method_name = config.ctxext.get("method", "?")
             raise CtxextError(
-                f"model is already extended with '{method_name}'; call ctxext.restore(model) first or pass replace=True"
+                f"model is already extended with '{existing.method}'; call ctxext.restore(model) first or pass replace=True"
             )
         restore(model)
         rotary = find_rotary_modules(model)
@@ -95,8 +96,7 @@ def extend(
 def restore(model: nn.Module) -> nn.Module:
     """Undo ``extend`` in place: the original rotary modules and config fields come back."""
     config = text_config(model.config)
-    record = getattr(config, "ctxext", None)
-    if not record:
+    if ExtensionRecord.of(config) is None:
         raise CtxextError("model is not extended by ctxext; nothing to restore")
     take_off_record(config)
     swapped = model.__dict__.pop(_STATE, None)
@@ -112,7 +112,13 @@ def restore(model: nn.Module) -> nn.Module:
 
 
 def is_extended(model: nn.Module) -> bool:
-    return bool(getattr(text_config(model.config), "ctxext", None))
+    return ExtensionRecord.of(model.config) is not None
+
+
+def reapply(model: nn.Module, record: ExtensionRecord) -> nn.Module:
+    """Extend ``model`` exactly as a saved record says (replacing any extension it has)."""
+    return extend(model, record.method, factor=record.factor, original_length=record.original_length,
+                  rope_layer_types=record.rope_layer_types, replace=True, **record.params)
 
 
 def from_pretrained(path: str | Path, **kwargs: Any) -> nn.Module:
@@ -126,22 +132,23 @@ def from_pretrained(path: str | Path, **kwargs: Any) -> nn.Module:
 
     location = resolve_model_path(path)
     if location.gguf_file is not None:
-        return AutoModelForCausalLM.from_pretrained(location.directory, gguf_file=location.gguf_file, **kwargs)
+        from .gguf_export import gguf_record
+
+        model = AutoModelForCausalLM.from_pretrained(location.directory, gguf_file=location.gguf_file, **kwargs)
+        record = gguf_record(location.directory / location.gguf_file)
+        if record is not None:  # transformers reads the patched context length and base, not the scaling
+            apply_fields(text_config(model.config), record.replaced)
+            for parent, name, module in find_rotary_modules(model):
+                setattr(parent, name, rebuild(module))
+            reapply(model, record)
+        return model
     config = kwargs.pop("config", None) or AutoConfig.from_pretrained(location.directory)
     saved_rope_parameters = text_config(config).rope_parameters
     record = take_off_record(config)
     if record is None:
         return AutoModelForCausalLM.from_pretrained(location.directory, config=config, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(location.directory, config=config, **kwargs)
-    extend(
-        model,
-        record.method,
-        factor=record.factor,
-        original_length=record.original_length,
-        rope_layer_types=record.rope_layer_types,
-        replace=True,
-        **record.params,
-    )
+    reapply(model, record)
     if text_config(model.config).rope_parameters != saved_rope_parameters:
         logger.warning(
             "config.json's rope parameters differ from what this ctxext computes for %s; using ctxext's",

@@ -1,6 +1,6 @@
 """Model locations on disk and safe edits of a model directory's config.json.
 
-Every write is atomic (temporary file in the same directory, fsync, rename). Before the
+Every write is atomic (see ``atomic.py``). Before the
 first patch the original config.json is kept byte for byte as ``config.json.ctxext-orig``;
 ``unpatch`` renames it back. Nothing in a directory is touched until every check passed.
 """
@@ -11,12 +11,13 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write, staged
 from .default_model import ALIAS, default_model_path
+from .config import ExtensionRecord
 from .errors import CtxextError
 
 CONFIG = "config.json"
@@ -50,14 +51,16 @@ def resolve_model_path(path: str | os.PathLike) -> ModelLocation:
     return ModelLocation(p, None)
 
 
-def read_config_json(directory: Path) -> tuple[bytes, dict[str, Any]]:
-    raw = (directory / CONFIG).read_bytes()
+def read_config_json(directory: Path, name: str = CONFIG) -> tuple[bytes, dict[str, Any]]:
+    """(raw bytes, parsed object) of a JSON config file in ``directory``; one-line errors."""
+    path = directory / name
+    raw = path.read_bytes()
     try:
         data = json.loads(raw)
     except ValueError as exc:
-        raise CtxextError(f"{directory / CONFIG}: not valid JSON ({exc})") from None
+        raise CtxextError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise CtxextError(f"{directory / CONFIG}: not a JSON object")
+        raise CtxextError(f"{path}: not a JSON object")
     return raw, data
 
 
@@ -75,55 +78,71 @@ def check_writable(directory: Path) -> None:
             raise CtxextError(f"{path}: file is read-only")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            shutil.copymode(path, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_patched_config(directory: Path, original_raw: bytes, patched: dict[str, Any]) -> None:
-    """Keep the original config.json (first patch only), then write the patched one."""
+def write_patched_config(directory: Path, original_raw: bytes | None, patched: dict[str, Any]) -> None:
+    """Keep the original config.json (first patch only, when there is one), then write the patched one."""
     backup = directory / BACKUP
-    if not backup.exists():
-        atomic_write(backup, original_raw)
-    atomic_write(directory / CONFIG, (json.dumps(patched, indent=2, sort_keys=True) + "\n").encode())
+    if original_raw is not None and not backup.exists():
+        atomic_write(backup, original_raw, like=directory / CONFIG)
+    atomic_write(directory / CONFIG, _json_bytes(patched))
 
 
-def unpatch_config(directory: Path, original_fields: dict[str, Any] | None) -> str:
-    """Give back the original config.json; returns how it was done."""
+def recorded_original(data: dict[str, Any], record: ExtensionRecord) -> dict[str, Any]:
+    """A patched config.json with the fields its record replaced put back and the record dropped."""
+    original = {k: v for k, v in data.items() if k != "ctxext"}
+    original.update(record.replaced)
+    return original
+
+
+def read_backup(directory: Path, record: ExtensionRecord) -> tuple[bytes, dict[str, Any]]:
+    """The kept original config.json, if it is one: a JSON object without a ctxext record whose
+    lengths and rope base agree with what ``record`` says the patch replaced."""
+    path = directory / BACKUP
+    try:
+        raw, data = read_config_json(directory, BACKUP)
+    except CtxextError as exc:
+        raise CtxextError(f"{exc}; it is not a usable original, config.json left as it is") from None
+    if "ctxext" in data:
+        raise CtxextError(f"{path} carries a ctxext record: it is a patched config, not the original; "
+                          "config.json left as it is")
+    for name, value in _comparable(record.replaced).items():
+        if name in data and data[name] != value:
+            raise CtxextError(f"{path} does not match the patch record ({name} {data[name]!r}, the record says "
+                              f"{value!r}); config.json left as it is")
+    return raw, data
+
+
+def _comparable(replaced: dict[str, Any]) -> dict[str, Any]:
+    """The replaced fields a config.json spells the same way: lengths, and the rope base."""
+    fields = {k: replaced[k] for k in ("max_position_embeddings", "original_max_position_embeddings") if k in replaced}
+    rope = replaced.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        fields["rope_theta"] = rope["rope_theta"]
+    return fields
+
+
+def unpatch_config(directory: Path, record: ExtensionRecord) -> str:
+    """Give back the original config.json of a patched directory; returns how it was done."""
     backup = directory / BACKUP
     if backup.exists():
+        read_backup(directory, record)
         os.replace(backup, directory / CONFIG)
         return "restored the original config.json byte for byte"
-    if original_fields is None:
-        raise CtxextError(f"{directory}: config.json carries no ctxext patch")
     _, data = read_config_json(directory)
-    data.pop("ctxext", None)
-    data.update(original_fields)
-    atomic_write(directory / CONFIG, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(directory / CONFIG, _json_bytes(recorded_original(data, record)))
     return f"no {BACKUP} found: wrote the recorded original rope fields back"
+
+
+def _json_bytes(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
 def copy_model_dir(source: Path, output: Path) -> None:
     """Copy a model directory to a new ``output`` directory, all or nothing."""
     ensure_new_output(output)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    if output.resolve().is_relative_to(source.resolve()):
+        raise CtxextError(f"{output}: the output must not lie inside the model directory {source}")
+    with staged(output) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(BACKUP))
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def ensure_new_output(output: Path) -> None:

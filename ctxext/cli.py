@@ -1,42 +1,30 @@
 """The ``ctxext`` command line: patch, unpatch, info, methods, passkey, eval, finetune.
 
-``patch`` on a model directory rewrites only config.json (so stock transformers reloads
-the extension); on a GGUF file it loads the model and saves a patched safetensors copy.
-Every bad input ends with one ``ctxext: error: ...`` line and exit status 2, files untouched.
+Each subcommand parses its flags, makes one library call and prints the result; the work
+lives in the library (``patching``, ``info``, ``eval``, ``recipes``). Every bad input ends
+with one ``ctxext: error: ...`` line and exit status 2, files untouched; Ctrl-C or SIGTERM
+end with one line and exit status 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
-import os
-import shutil
+import signal
 import sys
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .checkpoint import (
-    BACKUP,
-    check_writable,
-    copy_model_dir,
-    ensure_new_output,
-    read_config_json,
-    resolve_model_path,
-    unpatch_config,
-    write_patched_config,
-)
-from .config import ExtensionRecord
 from .errors import CtxextError
-from .plan import plan_extension, take_off_record
+from .eval.constants import DEFAULT_DEPTHS
+from .info import describe
+from .patching import DTYPES, patch, unpatch_directory
 from .registry import all_methods
-from .rope_config import read_rope_setup, text_config
+from .version import __version__
 
-DTYPES = ("float32", "bfloat16", "float16")
+MODEL_HELP = "model directory, .gguf file, or 'smollm2' (the embedded default model)"
 
 
 def _flag(name: str) -> str:
@@ -96,20 +84,31 @@ def _method_parameters() -> dict[str, tuple[dataclasses.Field, list[str], Any]]:
     return found
 
 
-def _add_patch_parser(commands) -> None:
-    p = commands.add_parser("patch", help="extend a model directory's config.json, or a GGUF file into --output")
-    p.add_argument("model", help="model directory, .gguf file, or 'smollm2' (the embedded default model)")
-    p.add_argument("--method", required=True, help="extension method (see 'ctxext methods')")
-    length = p.add_mutually_exclusive_group(required=True)
+# -- flags shared by several subcommands: each is defined here once --------------------------
+def _add_model(p) -> None:
+    p.add_argument("model", help=MODEL_HELP)
+
+
+def _add_lengths(p, required: bool, original: bool = True) -> None:
+    length = p.add_mutually_exclusive_group(required=required)
     length.add_argument("--factor", type=float, help="scale factor: target length / original length")
     length.add_argument("--target-length", type=int, help="target context length in tokens")
-    p.add_argument("--original-length", type=int, help="native context length (default: max_position_embeddings)")
-    p.add_argument("--output", type=Path, help="write a patched copy here instead of editing MODEL in place")
+    if original:
+        p.add_argument("--original-length", type=int, help="native context length (default: max_position_embeddings)")
+
+
+def _add_replace(p) -> None:
     p.add_argument("--replace", action="store_true", help="replace an existing ctxext patch or native rope scaling")
-    p.add_argument("--rope-layer-types", help="comma-separated layer types to extend (per-layer-type configs)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype when saving a GGUF input")
-    p.add_argument("--dry-run", action="store_true", help="print the config.json diff and write nothing")
-    _add_method_parameters(p)
+
+
+def _add_runtime(p, device: bool = True) -> None:
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype (default float32)")
+    if device:
+        p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def _add_seed(p) -> None:
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def _add_method_parameters(p) -> None:
@@ -117,6 +116,33 @@ def _add_method_parameters(p) -> None:
     for name, (f, methods, kind) in sorted(_method_parameters().items()):
         group.add_argument(_flag(name), dest=f"param_{name}", type=kind, default=None, metavar=name.upper(),
                            help=f"{f.metadata.get('help', '')} [{', '.join(methods)}]")
+
+
+# -- one parser per subcommand -----------------------------------------------------------------
+def _add_patch_parser(commands) -> None:
+    p = commands.add_parser("patch", help="extend a model directory's config.json, or a GGUF file into --output")
+    _add_model(p)
+    p.add_argument("--method", required=True, help="extension method (see 'ctxext methods')")
+    _add_lengths(p, required=True)
+    p.add_argument("--output", type=Path,
+                   help="write a patched copy here instead of editing MODEL in place; for a GGUF MODEL: a new "
+                        ".gguf (metadata patched for llama.cpp, tensors kept byte for byte) or a new directory "
+                        "(de-quantized safetensors)")
+    _add_replace(p)
+    p.add_argument("--rope-layer-types", help="comma-separated layer types to extend (per-layer-type configs)")
+    _add_runtime(p, device=False)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the config.json diff (GGUF to .gguf: the metadata diff) and write nothing")
+    _add_method_parameters(p)
+
+
+def _add_passkey_parser(commands) -> None:
+    p = commands.add_parser("passkey", help="passkey retrieval check (greedy, KV cache)")
+    _add_model(p)
+    p.add_argument("--length", type=int, default=1500, help="prompt length in tokens (default 1500)")
+    p.add_argument("--depths", default="0,0.5", help="comma-separated needle depths in [0, 1] (default 0,0.5)")
+    _add_runtime(p)
+    _add_seed(p)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -135,12 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model directory patched by 'ctxext patch'")
     commands.add_parser("methods", help="list the methods, their parameters and papers")
     p = commands.add_parser("info", help="architecture, rotary setup, native/extended length, ctxext patch")
-    p.add_argument("model", help="model directory, .gguf file, or 'smollm2'")
-    p = commands.add_parser("passkey", help="passkey retrieval check (greedy, KV cache)")
-    p.add_argument("model", help="model directory, .gguf file, or 'smollm2'")
-    p.add_argument("--length", type=int, default=1500, help="prompt length in tokens (default 1500)")
-    p.add_argument("--depths", default="0,0.5", help="comma-separated needle depths in [0, 1] (default 0,0.5)")
-    p.add_argument("--seed", type=int, default=0)
+    _add_model(p)
+    _add_passkey_parser(commands)
     _add_eval_parser(commands)
     _add_finetune_parser(commands)
     return parser
@@ -148,24 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_eval_parser(commands) -> None:
     p = commands.add_parser("eval", help="before/after evaluation: passkey, RULER-style suite, perplexity, lm-eval")
-    p.add_argument("model", help="model directory, .gguf file, or 'smollm2'")
+    _add_model(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--method", help="extension method compared with the unpatched model")
     which.add_argument("--methods", help="comma-separated methods, side by side on the same prompts")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--factor", type=float, help="scale factor: target length / original length")
-    length.add_argument("--target-length", type=int, help="target context length in tokens")
+    _add_lengths(p, required=False, original=False)
     p.add_argument("--tasks", default="passkey", help="comma-separated: passkey, ruler, ruler-synthetic, ppl, "
                    "or single RULER-style tasks (niah_single_1, vt, cwe, ...) (default passkey)")
     p.add_argument("--lengths", default="4k", help="comma-separated prompt lengths / ppl windows, e.g. 4k,8k,16k")
     p.add_argument("--samples", type=int, default=5, help="samples per task and length (default 5)")
-    p.add_argument("--depths", default="0,0.25,0.5,0.75,1",
+    p.add_argument("--depths", default=",".join(f"{d:g}" for d in DEFAULT_DEPTHS),
                    help="needle depths for passkey and single-needle tasks, cycled over samples, or 'random'")
-    p.add_argument("--seed", type=int, default=0)
+    _add_seed(p)
     p.add_argument("--out", type=Path, default=Path("eval-report"), help="report directory; rerun to resume")
-    p.add_argument("--dtype", choices=DTYPES, default="float32")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--replace", action="store_true", help="let the methods replace the checkpoint's own rope scaling")
+    _add_runtime(p)
+    _add_replace(p)
     p.add_argument("--threshold", type=float, default=85.6, help="score for RULER's effective length (default 85.6)")
     p.add_argument("--ppl-stride", type=int, default=256, help="sliding-window stride (default 256)")
     p.add_argument("--ppl-windows", type=int, default=1, help="sliding windows per length (default 1)")
@@ -180,14 +199,11 @@ def _add_eval_parser(commands) -> None:
 
 def _add_finetune_parser(commands) -> None:
     p = commands.add_parser("finetune", help="extend a model and fine-tune a LoRA adapter with a recipe")
-    p.add_argument("model", help="model directory, .gguf file, or 'smollm2'")
+    _add_model(p)
     p.add_argument("--recipe", default="pose-lora", help="pose-lora (default), longlora-lite or pi-lora")
     p.add_argument("--method", help="extension method (default: the recipe's)")
-    length = p.add_mutually_exclusive_group(required=True)
-    length.add_argument("--factor", type=float, help="scale factor: target length / original length")
-    length.add_argument("--target-length", type=int, help="target context length in tokens")
-    p.add_argument("--original-length", type=int, help="native context length (default: max_position_embeddings)")
-    p.add_argument("--replace", action="store_true", help="replace an existing ctxext patch or native rope scaling")
+    _add_lengths(p, required=True)
+    _add_replace(p)
     p.add_argument("--data", required=True, help="text file, .jsonl file ('text' field) or saved HF dataset folder")
     p.add_argument("--out", required=True, type=Path, help="new folder for the adapter (or the run to --resume)")
     p.add_argument("--steps", type=int, required=True, help="optimiser steps")
@@ -205,7 +221,7 @@ def _add_finetune_parser(commands) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 on GPUs that support it, else fp32")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
-    p.add_argument("--seed", type=int, default=0)
+    _add_seed(p)
 
 
 def _collect_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -216,125 +232,30 @@ def _layer_types(args: argparse.Namespace) -> list[str] | None:
     return args.rope_layer_types.split(",") if args.rope_layer_types else None
 
 
-def _plan_for(config, args):
-    return plan_extension(
-        config,
-        args.method,
-        factor=args.factor,
-        target_length=args.target_length,
-        original_length=args.original_length,
-        rope_layer_types=_layer_types(args),
-        replace_native_scaling=args.replace,
-        params=_collect_params(args),
-    )
-
-
-def _unpatched_config(directory: Path):
-    """The directory's config with any ctxext patch taken off (in memory only)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(directory)
-    return config, take_off_record(config)
-
-
-def _patched_json(original: dict[str, Any], plan) -> dict[str, Any]:
-    patched = dict(original)
-    patched.pop("ctxext", None)
-    patched.pop("rope_scaling", None)  # transformers would let it override rope_parameters
-    patched.update(json.loads(json.dumps(plan.fields)))
-    if "rope_theta" in patched and "rope_theta" in plan.fields["rope_parameters"]:
-        patched["rope_theta"] = plan.fields["rope_parameters"]["rope_theta"]
-    patched["ctxext"] = plan.record.to_dict()
-    return patched
-
-
 def cmd_patch(args: argparse.Namespace) -> int:
-    location = resolve_model_path(args.model)
-    if location.gguf_file is not None:
-        return _patch_gguf(args, location)
-    directory = location.directory
-    raw, data = read_config_json(directory)
-    config, saved = _unpatched_config(directory)
-    if saved and not args.replace:
-        raise CtxextError(f"{directory} is already patched with '{saved.method}'; use --replace or 'ctxext unpatch'")
-    plan = _plan_for(config, args)
-    backup = directory / BACKUP
-    original_raw = backup.read_bytes() if saved and backup.exists() else raw
-    original = json.loads(original_raw) if saved and backup.exists() else data
-    patched = _patched_json(original, plan)
-    if args.dry_run:
-        before = json.dumps(data, indent=2, sort_keys=True).splitlines()
-        after = json.dumps(patched, indent=2, sort_keys=True).splitlines()
-        print("\n".join(difflib.unified_diff(before, after, "config.json", "config.json (patched)", lineterm="")))
+    result = patch(args.model, args.method, factor=args.factor, target_length=args.target_length,
+                   original_length=args.original_length, output=args.output, replace=args.replace,
+                   rope_layer_types=_layer_types(args), dry_run=args.dry_run, dtype=args.dtype,
+                   **_collect_params(args))
+    if result.diff is not None:
+        print(result.diff)
         return 0
-    if args.output is not None:
-        copy_model_dir(directory, args.output)
-        directory = args.output
-    else:
-        check_writable(directory)
-    write_patched_config(directory, original_raw, patched)
-    _report(directory, plan)
+    record = result.record
+    print(f"patched {args.model} -> {result.path}: {record.method} x{record.factor:g}, "
+          f"{record.original_length} -> {record.target_length} tokens")
+    if result.serve_command is not None:
+        print(f"serve it with llama.cpp: {result.serve_command}")
+        if not result.stock_loadable:
+            print(f"note: transformers' GGUF loader ignores rope scaling metadata and would load {result.path.name} "
+                  "unscaled; for transformers, patch into a directory (--output DIR) instead")
+    elif not result.stock_loadable:
+        print(f"note: '{record.method}' needs ctxext to load: use ctxext.from_pretrained('{result.path}')")
     return 0
-
-
-def _patch_gguf(args: argparse.Namespace, location) -> int:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .api import extend
-
-    if args.output is None:
-        raise CtxextError("a GGUF file can only be patched into a new directory: add --output DIR")
-    if args.dry_run:
-        raise CtxextError("--dry-run needs a model directory with a config.json, not a GGUF file")
-    ensure_new_output(args.output)
-    model = AutoModelForCausalLM.from_pretrained(
-        location.directory, gguf_file=location.gguf_file, dtype=getattr(torch, args.dtype)
-    )
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        if getattr(quantizer, "packed_modules", None):
-            raise CtxextError("this GGUF was loaded with packed weights (GGUF kernels installed); cannot save it")
-        quantizer.remove_quantization_config(model)  # the weights are plain de-quantized tensors already
-    extend(model, args.method, factor=args.factor, target_length=args.target_length,
-           original_length=args.original_length, replace=args.replace, rope_layer_types=_layer_types(args),
-           **_collect_params(args))
-    tokenizer = AutoTokenizer.from_pretrained(location.directory, gguf_file=location.gguf_file)
-    staging = Path(tempfile.mkdtemp(prefix=f".{args.output.name}.", dir=args.output.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp made it private
-        staging.replace(args.output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    record = text_config(model.config).ctxext
-    print(f"patched {location.gguf_file} with {record['method']} -> {args.output} (safetensors)")
-    return 0
-
-
-def _report(directory: Path, plan) -> None:
-    record = plan.record
-    print(f"patched {directory}: {record.method} x{record.factor:g}, {record.original_length} -> {record.target_length} tokens")
-    if not plan.method.stock_loadable:
-        print(f"note: '{record.method}' needs ctxext to load: use ctxext.from_pretrained('{directory}')")
 
 
 def cmd_unpatch(args: argparse.Namespace) -> int:
-    location = resolve_model_path(args.model)
-    if location.gguf_file is not None:
-        raise CtxextError("GGUF files are never patched in place; nothing to unpatch")
-    directory = location.directory
-    _, data = read_config_json(directory)
-    saved = data.get("ctxext")
-    if not saved and not (directory / BACKUP).exists():
-        raise CtxextError(f"{directory}: config.json carries no ctxext patch")
-    check_writable(directory)
-    how = unpatch_config(directory, ExtensionRecord.from_dict(saved).replaced if saved else None)
-    print(f"unpatched {directory}: {how}")
+    how = unpatch_directory(args.model)
+    print(f"unpatched {args.model}: {how}")
     return 0
 
 
@@ -351,54 +272,19 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from transformers import AutoConfig
-
-    location = resolve_model_path(args.model)
-    if location.gguf_file is not None:
-        config = AutoConfig.from_pretrained(location.directory, gguf_file=location.gguf_file)
-    else:
-        config = AutoConfig.from_pretrained(location.directory)
-    tconfig = text_config(config)
-    setup = read_rope_setup(tconfig)
-    record = getattr(tconfig, "ctxext", None)
-    archs = ", ".join(getattr(config, "architectures", None) or []) or "?"
-    print(f"model:        {location.directory / (location.gguf_file or '')}")
-    print(f"architecture: {archs} (model_type {setup.model_type})")
-    print(f"layers:       {tconfig.num_hidden_layers}, heads {tconfig.num_attention_heads}, "
-          f"kv heads {getattr(tconfig, 'num_key_value_heads', None) or tconfig.num_attention_heads}, head_dim {setup.head_dim}")
-    for layer_type, params in setup.parameters.items():
-        label = f"rope[{layer_type}]" if layer_type else "rope"
-        extra = {k: v for k, v in params.items() if k not in ("rope_type", "rope_theta")}
-        print(f"{label + ':':<14}type {params.get('rope_type', 'default')}, theta {params.get('rope_theta')}, "
-              f"rotary dim {setup.rotary_dim(layer_type)}" + (f", {json.dumps(extra)}" if extra else ""))
-    if record:
-        print(f"native length:   {record['original_length']}")
-        print(f"extended length: {record['target_length']}")
-        print(f"ctxext patch:    {record['method']} x{record['factor']:g}, params {json.dumps(record['params'])}, "
-              f"ctxext {record['version']}")
-    else:
-        print(f"native length:   {setup.native_length}")
-        print("ctxext patch:    none")
+    rows = describe(args.model)
+    width = max(len(label) for label, _ in rows) + 2
+    for label, value in rows:
+        print(f"{label + ':':<{width}}{value}")
     return 0
 
 
 def cmd_passkey(args: argparse.Namespace) -> int:
-    import torch
-    from transformers import AutoTokenizer
+    from .eval.cli_args import parse_depths
+    from .eval.runner import passkey_check
 
-    from .api import from_pretrained
-    from .eval.passkey import run_passkey
-
-    try:
-        depths = [float(d) for d in args.depths.split(",")]
-    except ValueError:
-        raise CtxextError(f"--depths must be comma-separated numbers, got {args.depths!r}") from None
-    if not all(0 <= d <= 1 for d in depths):
-        raise CtxextError(f"--depths must lie in [0, 1], got {args.depths}")
-    location = resolve_model_path(args.model)
-    model = from_pretrained(args.model, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(location.directory, gguf_file=location.gguf_file)
-    results = run_passkey(model, tokenizer, args.length, depths, seed=args.seed)
+    results = passkey_check(args.model, args.length, parse_depths(args.depths, allow_random=False), seed=args.seed,
+                            dtype=args.dtype, device=args.device)
     for r in results:
         print(f"length {r.n_tokens:>6} depth {r.depth:4.0%} key {r.expected} -> {r.generated.strip()!r} "
               f"{'ok' if r.correct else 'WRONG'}")
@@ -440,17 +326,27 @@ COMMANDS = {"patch": cmd_patch, "unpatch": cmd_unpatch, "methods": cmd_methods, 
             "passkey": cmd_passkey, "eval": cmd_eval, "finetune": cmd_finetune}
 
 
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt  # so that SIGTERM cleans up staged writes like Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()  # config warnings would bury our one-line errors
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return COMMANDS[args.command](args)
     except CtxextError as exc:
         print(f"ctxext: error: {exc}", file=sys.stderr)
     except OSError as exc:
         print(f"ctxext: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("ctxext: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 2
 
 

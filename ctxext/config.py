@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CtxextError
+from .rope_config import text_config
 
 
 def param(default: Any, help: str, **kwargs: Any) -> Any:
@@ -27,10 +28,6 @@ def param(default: Any, help: str, **kwargs: Any) -> Any:
 @dataclass
 class MethodConfig:
     """Base class of every method's parameters. Subclasses validate in ``check()``."""
-
-    @classmethod
-    def parameters(cls) -> list[dataclasses.Field]:
-        return list(dataclasses.fields(cls))
 
     @classmethod
     def from_params(cls, method: str, params: dict[str, Any]) -> "MethodConfig":
@@ -80,7 +77,15 @@ class ExtensionRecord:
         return dataclasses.asdict(self)
 
     @classmethod
+    def of(cls, config: Any) -> "ExtensionRecord | None":
+        """The record carried by a loaded model config or a parsed config.json, or None."""
+        saved = config.get("ctxext") if isinstance(config, dict) else getattr(text_config(config), "ctxext", None)
+        return cls.from_dict(saved) if saved else None
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExtensionRecord":
+        if not isinstance(data, dict):
+            raise CtxextError(f"config.ctxext is not a valid ctxext record (got {type(data).__name__})")
         try:
             return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
         except (KeyError, TypeError) as exc:

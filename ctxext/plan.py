@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from .version import __version__
 from .config import ExtensionRecord, MethodConfig
 from .errors import CtxextError
 from .registry import AttentionMethod, Method, Scaling, get_method

@@ -1,6 +1,6 @@
 """Method registry: name -> how a method patches a model.
 
-A method module in ``ctxext.patches`` describes itself with :class:`RopeMethod` (it rewrites
+A method module in ``ctxext.methods`` describes itself with :class:`RopeMethod` (it rewrites
 rotary frequencies through the config) or :class:`AttentionMethod` (it changes relative
 positions or the mask inside attention) and calls :func:`register`. The API and the CLI only ever look methods up here, so adding a method
 is adding one module.
@@ -78,7 +78,7 @@ _ALIASES: dict[str, str] = {}
 def register(method: Method) -> Method:
     for name in (method.name, *method.aliases):
         if name in _METHODS or name in _ALIASES:
-            raise ValueError(f"method name '{name}' is already registered")
+            raise CtxextError(f"method name '{name}' is already registered")
     _METHODS[method.name] = method
     _ALIASES.update({alias: method.name for alias in method.aliases})
     return method

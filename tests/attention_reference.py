@@ -3,7 +3,9 @@
 The reference runs inside the *unpatched* model as an attention implementation: it takes
 the model's rotated q and k, rotates them back to position 0 with the true position ids,
 builds the full matrix of remapped distances r'(i, j), rotates each query by each r'(i, j),
-masks, and takes one softmax. Nothing here shares code with ctxext's blockwise kernels.
+masks, and takes one softmax (with ``log_scaling`` in the parameters, each query row's
+logits are multiplied by max(1, ln(p + 1) / ln L)). Nothing here shares code with ctxext's
+blockwise kernels.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ def distances(method: str, p: torch.Tensor, params: dict, length: int):
         g, w = params["group_size"], params["window"]
         grouped = (i // g - j // g + w - w // g).float()
         return torch.where(r < w, r, grouped), visible
+    if method == "rerope":
+        w, k = params["window"], params.get("leaky")
+        far = torch.full_like(r, float(w)) if k is None else w + (r - w) / k
+        return torch.where(r < w, r, far), visible
     if method == "dca":
         c, w = params["chunk_size"], params["local_window"]
         s = c - w
@@ -90,6 +96,8 @@ class DenseReference:
             angles = dist[..., None] * self.inv_freq  # (hq, n, n, d/2)
             rotated = _turn(q0[row][:, :, None, :].expand(hq, n, n, d), angles)
             logits = (rotated * k0[row][:, None, :, :]).sum(-1) * logit_scale
+            if self.params.get("log_scaling"):  # log-n: the query at position p times max(1, ln(p+1)/ln L)
+                logits = logits * (torch.log(p.double() + 1) / math.log(self.length)).clamp(min=1).float()[:, None]
             mask = allowed[row, 0] & extra
             logits = logits.masked_fill(~mask, float("-inf"))
             weights = logits.softmax(-1).nan_to_num(0.0)

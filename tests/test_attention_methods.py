@@ -1,9 +1,10 @@
-"""Attention-level methods (dca, string, lm-infinite, ms-poe, self-extend) on tiny models.
+"""Attention-level methods (kind "attention" in ``method_cases.py``) on tiny models.
 
 Every method is checked against a dense O(n^2) reference of its formula
 (``attention_reference.py``), for MHA and GQA, full and partial rotary, batch > 1, lengths
 inside and beyond the native length (64), with blocks small enough that every code path of
-the blockwise kernels runs; plus identity, padding, KV cache and save/reload.
+the blockwise kernels runs; plus identity, padding, KV cache and save/reload, and the shared
+``log_scaling`` option (log-n scaling) on top of every method.
 """
 
 from __future__ import annotations
@@ -17,34 +18,19 @@ from ctxext.errors import CtxextError
 
 import attention_reference
 from conftest import NATIVE, logits, make_model, tokens
-
-PARAMS = {
-    "string": dict(shifted_offset=21, local_value=5),
-    "lm-infinite": dict(n_global=3, window=16),
-    "self-extend": dict(group_size=3, window=12),
-    "dca": dict(chunk_size=48, local_window=8, temperature=True),
-    "ms-poe": dict(min_ratio=1.2, max_ratio=1.8, start_layer=1),
-}
-# parameters under which a method must change nothing, and the input length they hold for
-IDENTITY = {
-    "string": (dict(shifted_offset=200, local_value=5), 150),
-    "lm-infinite": (dict(window=NATIVE, n_global=0), NATIVE),
-    "self-extend": (dict(group_size=1, window=12), 150),
-    "dca": (dict(chunk_size=NATIVE, local_window=1), NATIVE - 1),
-    "ms-poe": (dict(min_ratio=1.0, max_ratio=1.0), 150),
-}
-METHODS = sorted(PARAMS)
+from method_cases import ATTENTION_METHODS, CASES
 
 
 def extended(family: str, method: str, params: dict | None = None, dtype=torch.float32):
     model = make_model(family, dtype=dtype)
-    return ctxext.extend(model, method, factor=3, **(PARAMS[method] if params is None else params))
+    case = CASES[method]
+    return ctxext.extend(model, method, factor=case.factor, **(case.params if params is None else params))
 
 
-def reference(family: str, method: str):
+def reference(family: str, method: str, params: dict | None = None):
     model = make_model(family)
     heads = getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
-    params = {**PARAMS[method], "num_kv_heads": heads}
+    params = {**(CASES[method].params if params is None else params), "num_kv_heads": heads}
     attention_reference.install(model, method, params)
     return model
 
@@ -55,7 +41,7 @@ def block(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
 @pytest.mark.parametrize("family", ["llama", "gpt_neox", "phi3"])
 @pytest.mark.parametrize("length", [37, 150])
 def test_matches_dense_reference(method, family, length, block):
@@ -65,12 +51,12 @@ def test_matches_dense_reference(method, family, length, block):
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_identity_when_the_method_cannot_act(method, block):
-    params, length = IDENTITY[method]
-    ids = tokens(length, batch=2)
+    case = CASES[method]
+    ids = tokens(case.identity_length, batch=2)
     want = logits(make_model("llama"), ids)
-    got = logits(extended("llama", method, params), ids)
+    got = logits(extended("llama", method, case.identity_params), ids)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -85,7 +71,7 @@ def _left_padded(lengths: list[int]):
     return rows, ids, mask
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_left_padded_rows_equal_rows_run_alone(method, block):
     rows, ids, mask = _left_padded([150, 101, 37])
     model = extended("llama", method)
@@ -96,7 +82,7 @@ def test_left_padded_rows_equal_rows_run_alone(method, block):
         torch.testing.assert_close(batched[i, -len(row):], alone[0], atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_cached_generate_equals_recomputing_the_prefix(method):
     model = extended("llama", method)
     prompt = tokens(NATIVE - 8)
@@ -109,7 +95,7 @@ def test_cached_generate_equals_recomputing_the_prefix(method):
     assert torch.equal(generated, sequence)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_padded_batch_generate_equals_rows_generated_alone(method):
     rows, ids, mask = _left_padded([60, 45])
     model = extended("llama", method)
@@ -120,9 +106,9 @@ def test_padded_batch_generate_equals_rows_generated_alone(method):
         assert torch.equal(batched[i, ids.shape[1]:], alone[0, len(row):])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_save_and_reload_give_the_same_logits(method, tmp_path):
-    model = extended("llama", method)
+    model = extended("llama", method, CASES[method].roundtrip_params)
     ids = tokens(150)
     before = logits(model, ids)
     model.save_pretrained(tmp_path)
@@ -132,19 +118,19 @@ def test_save_and_reload_give_the_same_logits(method, tmp_path):
     torch.testing.assert_close(logits(reloaded, ids), before, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_restore_gives_back_the_unpatched_model(method):
     ids = tokens(150)
     model = make_model("llama")
     want = logits(model, ids)
-    ctxext.extend(model, method, factor=3, **PARAMS[method])
+    ctxext.extend(model, method, factor=CASES[method].factor, **CASES[method].params)
     assert not torch.allclose(logits(model, ids), want)
     ctxext.restore(model)
     assert model.config._attn_implementation == "sdpa"
     assert torch.equal(logits(model, ids), want)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_bfloat16_stays_close_to_float32(method):
     ids = tokens(150)
     full = logits(extended("llama", method), ids)
@@ -178,9 +164,9 @@ def _yarn_checkpoint():
 def test_the_checkpoint_rope_scaling_is_kept():
     model, reference_model = _yarn_checkpoint(), _yarn_checkpoint()
     assert model.model.rotary_emb.attention_scaling > 1
-    ctxext.extend(model, "string", factor=1, **PARAMS["string"])
+    ctxext.extend(model, "string", factor=1, **CASES["string"].params)
     assert model.config.rope_parameters["rope_type"] == "yarn"
-    attention_reference.install(reference_model, "string", PARAMS["string"])
+    attention_reference.install(reference_model, "string", CASES["string"].params)
     ids = tokens(150, batch=2)
     torch.testing.assert_close(logits(model, ids), logits(reference_model, ids), atol=2e-4, rtol=1e-4)
 
@@ -191,6 +177,64 @@ def test_two_temperatures_are_never_stacked():
         ctxext.extend(model, "dca", factor=2, temperature=True)
     assert not ctxext.is_extended(model) and model.config._attn_implementation == "sdpa"
     ctxext.extend(model, "dca", factor=2)  # without DCA's temperature it is fine
+
+
+def _with_log_scaling(method: str) -> dict:
+    """The method's test parameters plus log_scaling (DCA's own temperature off: the two never stack)."""
+    params = {**CASES[method].params, "log_scaling": True}
+    if method == "dca":
+        params["temperature"] = False
+    return params
+
+
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_log_scaling_matches_dense_reference(method, family, block):
+    ids = tokens(150, batch=2)
+    params = _with_log_scaling(method)
+    got = logits(extended(family, method, params), ids)
+    want = logits(reference(family, method, params), ids)
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+    without = logits(extended(family, method, {**params, "log_scaling": False}), ids)
+    assert not torch.allclose(got, without)
+
+
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
+def test_log_scaling_changes_nothing_up_to_the_original_length(method):
+    ids = tokens(NATIVE, batch=2)
+    params = _with_log_scaling(method)
+    want = logits(extended("llama", method, {**params, "log_scaling": False}), ids)
+    assert torch.equal(logits(extended("llama", method, params), ids), want)
+
+
+@pytest.mark.parametrize("method", ["string", "rerope"])
+def test_log_scaling_uses_each_rows_own_positions(method, block):
+    rows, ids, mask = _left_padded([150, 101, 37])
+    model = extended("llama", method, _with_log_scaling(method))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    batched = logits(model, ids, attention_mask=mask, position_ids=positions)
+    for i, row in enumerate(rows):
+        torch.testing.assert_close(batched[i, -len(row):], logits(model, row[None])[0], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["self-extend", "rerope"])
+def test_log_scaling_cached_generate_equals_recomputing_the_prefix(method):
+    model = extended("llama", method, _with_log_scaling(method))
+    prompt = tokens(NATIVE - 8)
+    generated = model.generate(prompt, max_new_tokens=20, do_sample=False, min_new_tokens=20, pad_token_id=0)
+    sequence = prompt
+    for _ in range(20):
+        following = logits(model, sequence)[:, -1].argmax(-1, keepdim=True)
+        sequence = torch.cat([sequence, following], dim=1)
+    assert torch.equal(generated, sequence)
+
+
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
+def test_log_scaling_never_stacks_on_the_rope_attention_factor(method):
+    model = _yarn_checkpoint()
+    with pytest.raises(CtxextError, match="stack"):
+        ctxext.extend(model, method, factor=2, **_with_log_scaling(method))
+    assert not ctxext.is_extended(model) and model.config._attn_implementation == "sdpa"
 
 
 @pytest.mark.parametrize(
@@ -235,6 +279,13 @@ def test_packed_sequences_and_4d_masks_are_refused():
     ("self-extend", dict(group_size=0), "at least 1"),
     ("ms-poe", dict(min_ratio=2.0, max_ratio=1.0), "min_ratio <= max_ratio"),
     ("dca", dict(chunk_size=10.5), "whole number"),
+    ("rerope", dict(window=NATIVE), "below the original length"),
+    ("rerope", dict(window=0), "at least 1"),
+    ("rerope", dict(leaky=1.0), "above 1"),
+    ("rerope", dict(leaky=True), "above 1"),
+    ("rerope", dict(leaky="2"), "above 1"),
+    ("string", dict(log_scaling="yes"), "true or false"),
+    ("dca", dict(temperature=True, log_scaling=True), "stack two temperatures"),
 ])
 def test_bad_parameters_get_clear_errors(method, params, message):
     model = make_model("llama")
@@ -245,7 +296,7 @@ def test_bad_parameters_get_clear_errors(method, params, message):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_matches_cpu(method, dtype, block):
     ids = tokens(150, batch=2)
@@ -260,12 +311,20 @@ def test_cuda_matches_cpu(method, dtype, block):
     assert batched.shape == (2, padded.shape[1] + 8)
 
 
+def _cli_flags(params: dict) -> list[str]:
+    """``{"chunk_size": 48, "temperature": True}`` as ``ctxext patch`` flags: ``--chunk-size 48 --temperature true``."""
+    flags = []
+    for name, value in params.items():
+        flags += ["--" + name.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
+
+
 def test_cli_patch_records_an_attention_method_that_from_pretrained_reapplies(tiny_dir, capsys):
     from ctxext.cli import main
 
     original = (tiny_dir / "config.json").read_bytes()
-    assert main(["patch", "--method", "dca", "--factor", "3", "--chunk-size", "48", "--local-window", "8",
-                 "--temperature", "true", str(tiny_dir)]) == 0
+    dca = CASES["dca"]
+    assert main(["patch", "--method", "dca", "--factor", str(dca.factor), *_cli_flags(dca.params), str(tiny_dir)]) == 0
     assert "ctxext.from_pretrained" in capsys.readouterr().out
     reloaded = ctxext.from_pretrained(tiny_dir)
     assert reloaded.config._attn_implementation == "ctxext_dca"
@@ -274,5 +333,5 @@ def test_cli_patch_records_an_attention_method_that_from_pretrained_reapplies(ti
     assert main(["unpatch", str(tiny_dir)]) == 0
     assert (tiny_dir / "config.json").read_bytes() == original
     with pytest.raises(SystemExit):
-        main(["patch", "--method", "dca", "--factor", "3", "--temperature", "maybe", str(tiny_dir)])
+        main(["patch", "--method", "dca", "--factor", str(dca.factor), "--temperature", "maybe", str(tiny_dir)])
     assert (tiny_dir / "config.json").read_bytes() == original

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import byte_tokenizer
 from ctxext.eval import passkey, ruler
+from ctxext.eval.haystack import NOISE
 from ctxext.eval.samples import count_tokens
 from ctxext.eval.tasks import make_sample
 
@@ -58,9 +59,9 @@ def test_prompts_are_sized_with_the_given_tokenizer(tokenizer):
 def test_passkey_sits_at_the_requested_depth(tokenizer, depth):
     sample = passkey.make_sample(tokenizer, 4096, 0, 0, [depth])
     key_line = passkey.KEY_LINE.format(key=sample.references[0])
-    fillers_before = sample.prompt[: sample.prompt.index(key_line)].count(passkey.FILLER)
+    fillers_before = sample.prompt[: sample.prompt.index(key_line)].count(NOISE)
     assert sample.depth == depth
-    assert fillers_before / sample.prompt.count(passkey.FILLER) == pytest.approx(depth, abs=0.02)
+    assert fillers_before / sample.prompt.count(NOISE) == pytest.approx(depth, abs=0.02)
 
 
 @pytest.mark.parametrize("task", ["niah_single_1", "niah_single_2", "niah_single_3"])

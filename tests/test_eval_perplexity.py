@@ -1,4 +1,5 @@
-"""Sliding-window perplexity on a tiny model: every token scored once, against a direct computation."""
+"""Sliding-window perplexity on a tiny model: every token scored once, against a direct computation, and
+``perplexity()`` giving the number the eval report gives."""
 
 from __future__ import annotations
 
@@ -49,6 +50,45 @@ def test_one_window_is_the_plain_perplexity_and_buckets_cover_every_position():
     assert summary["ppl"] == pytest.approx(math.exp(float(direct.mean())), rel=1e-5)
     assert window.bucket_count == [16, 16, 16, 16]
     assert summary["bucket_nll"][0] == pytest.approx(float(direct[:16].mean()), rel=1e-5)
+
+
+def test_perplexity_of_one_window_is_the_exp_of_the_model_loss():
+    model = make_model("llama")
+    ids = torch.randint(3, 128, (61,), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        loss = model(input_ids=ids[None], labels=ids[None]).loss
+    assert perplexity.perplexity(model, ids, 60) == pytest.approx(math.exp(loss.item()), rel=1e-5)
+
+
+def test_sliding_perplexity_scores_each_token_once_and_is_the_report_number():
+    model = make_model("llama")
+    ids = torch.randint(3, 128, (111,), generator=torch.Generator().manual_seed(4))
+    nll = 0.0
+    # windows of 40 positions (41 ids) begin at 0, 20, 40, 60 and, the last one ending at the last token, 70
+    for begin, new in ((0, 40), (20, 20), (40, 20), (60, 20), (70, 10)):
+        nll += float(_direct_nll(model, ids[begin : begin + 41])[-new:].sum())
+    value = perplexity.perplexity(model, ids, 40, stride=20)
+    assert value == pytest.approx(math.exp(nll / 110), rel=1e-5)
+    # what `ctxext eval` reports: its per-window records, summed by the summary
+    count = perplexity.window_count(111, 40, 20)
+    records = [vars(perplexity.score_window(model, ids, k, 40, 20, 16)) for k in range(count)]
+    assert value == _ppl(records)["ppl"]
+    assert perplexity.perplexity(model, ids[None], 40, stride=20, max_windows=2) == _ppl(records[:2])["ppl"]
+    assert perplexity.perplexity(model, ids, 40) == _ppl([vars(perplexity.score_window(model, ids, k, 40, 40, 40))
+                                                          for k in range(3)])["ppl"]
+
+
+@pytest.mark.parametrize("ids,kwargs,message", [
+    (torch.arange(3, 53), {"length": 50}, "a perplexity window of 50 tokens reads 51 token ids .*got 50"),
+    (torch.arange(3, 53), {"length": 0}, "length must be a positive integer, got 0"),
+    (torch.arange(3, 53), {"length": 8, "stride": 0}, "stride must be a positive integer, got 0"),
+    (torch.arange(3, 53), {"length": 8, "max_windows": 0}, "max_windows must be a positive integer, got 0"),
+    (torch.arange(3, 53).reshape(2, 25), {"length": 8}, "1-D sequence of token ids"),
+    (torch.rand(50), {"length": 8}, "1-D sequence of token ids"),
+])
+def test_perplexity_errors(ids, kwargs, message):
+    with pytest.raises(CtxextError, match=message):
+        perplexity.perplexity(make_model("llama"), ids, **kwargs)
 
 
 def test_corpus_sources(tmp_path):

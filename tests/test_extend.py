@@ -7,52 +7,51 @@ import math
 import pytest
 import torch
 from conftest import NATIVE, logits, make_model, tokens, unsupported
+from method_cases import CASES, ROPE_METHODS
 from transformers import AutoModelForCausalLM, GPT2Config
 
 import ctxext
 from ctxext import CtxextError
-from ctxext.patches.ntk import ntk_theta
+from ctxext.methods.ntk import ntk_theta
 
-STATIC = {"pi": {}, "ntk": {}, "yarn": {}, "llama3": {}, "longrope": {"long_factor": 2.0}}
-DYNAMIC = {"dynamic-ntk": {}, "dynamic-yarn": {}}
-ALL = {**STATIC, **DYNAMIC}
-IDENTITY_PARAMS = {"longrope": {"long_factor": 1.0}}
-BLENDED = {"yarn", "dynamic-yarn", "llama3"}
+DYNAMIC = [name for name in ROPE_METHODS if ctxext.get_method(name).dynamic]
+STATIC = [name for name in ROPE_METHODS if name not in DYNAMIC]
 
 
 def _rotary(model):
     return [m for m in model.modules() if hasattr(m, "rope_type") and hasattr(m, "config")][0]
 
 
-@pytest.mark.parametrize("method", sorted(ALL))
+@pytest.mark.parametrize("method", ROPE_METHODS)
 def test_factor_one_is_identity(method, family, monkeypatch):
     if unsupported(family, method):
         with pytest.raises(CtxextError):
-            ctxext.extend(make_model(family), method, factor=2, **ALL[method])
+            ctxext.extend(make_model(family), method, factor=2, **CASES[method].params)
         return
     model = make_model(family)
     ids = tokens(NATIVE if method in DYNAMIC else 2 * NATIVE)  # dynamic methods scale beyond L whatever the factor
     before = logits(model, ids)
     # The public API refuses factor 1; force it through the whole pipeline to prove the no-op.
     monkeypatch.setattr("ctxext.plan.resolve_lengths", lambda native, *a: (1.0, native, native))
-    ctxext.extend(model, method, factor=2, **IDENTITY_PARAMS.get(method, {}))
-    if method in BLENDED:  # inv*(1-r) + inv*r rounds to within one fp32 ulp of inv
+    ctxext.extend(model, method, factor=2, **CASES[method].identity_params)
+    if CASES[method].blends_frequencies:  # inv*(1-r) + inv*r rounds to within one fp32 ulp of inv
         torch.testing.assert_close(logits(model, ids), before, rtol=1e-5, atol=1e-5)
     else:
         assert torch.equal(logits(model, ids), before)
 
 
-@pytest.mark.parametrize("method", sorted(ALL))
+@pytest.mark.parametrize("method", ROPE_METHODS)
 def test_restore_is_exact(method, family):
+    case = CASES[method]
     if unsupported(family, method):
         with pytest.raises(CtxextError):
-            ctxext.extend(make_model(family), method, factor=2, **ALL[method])
+            ctxext.extend(make_model(family), method, factor=2, **case.params)
         return
     model = make_model(family)
     ids = tokens(3 * NATIVE)
     before = logits(model, ids)
     config_before = model.config.to_dict()
-    ctxext.extend(model, method, factor=4, **ALL[method])
+    ctxext.extend(model, method, factor=case.factor, **case.params)
     assert not torch.equal(logits(model, ids), before)
     ctxext.restore(model)
     assert torch.equal(logits(model, ids), before)
@@ -60,24 +59,25 @@ def test_restore_is_exact(method, family):
     assert not ctxext.is_extended(model)
 
 
-@pytest.mark.parametrize("method", sorted(STATIC))
+@pytest.mark.parametrize("method", STATIC)
 def test_static_methods_change_short_inputs_too(method):
     # Static methods rescale every position (longrope: its temperature applies at all lengths).
     model = make_model("llama")
     ids = tokens(NATIVE // 2)
     before = logits(model, ids)
-    ctxext.extend(model, method, factor=2, **STATIC[method])
+    ctxext.extend(model, method, factor=2, **CASES[method].params)
     assert not torch.equal(logits(model, ids), before)
 
 
-@pytest.mark.parametrize("method", sorted(DYNAMIC))
+@pytest.mark.parametrize("method", DYNAMIC)
 def test_dynamic_methods_leave_native_lengths_alone_and_scale_beyond(method):
     model = make_model("llama")
     reference = make_model("llama")
     short, long = tokens(NATIVE), tokens(3 * NATIVE)
-    ctxext.extend(model, method, factor=4)
+    factor = CASES[method].factor
+    ctxext.extend(model, method, factor=factor)  # default parameters: the expected values below assume them
     assert model.config.max_position_embeddings == NATIVE  # the threshold transformers reads
-    assert model.config.ctxext["target_length"] == 4 * NATIVE
+    assert model.config.ctxext["target_length"] == factor * NATIVE
     assert torch.equal(logits(model, short), logits(reference, short))
     assert not torch.equal(logits(model, long), logits(reference, long))
     rotary = _rotary(model)
@@ -104,10 +104,10 @@ def test_gemma3_extends_only_full_attention_by_default():
     torch.testing.assert_close(_rotary(model).sliding_attention_inv_freq, sliding / 4)
 
 
-@pytest.mark.parametrize("method", sorted(STATIC))
+@pytest.mark.parametrize("method", STATIC)
 def test_generate_with_cache_equals_recomputing(method):
     model = make_model("llama")
-    ctxext.extend(model, method, factor=4, **STATIC[method])
+    ctxext.extend(model, method, factor=CASES[method].factor, **CASES[method].params)
     prompt = tokens(NATIVE - 6)
     generated = model.generate(prompt, max_new_tokens=16, do_sample=False, min_new_tokens=16)
     sequence = prompt

@@ -13,6 +13,9 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerF
 
 import ctxext
 from ctxext.cli import main
+from ctxext.eval.perplexity import perplexity as eval_perplexity
+from ctxext.eval.perplexity import score_window, window_count
+from ctxext.eval.summary import _ppl
 from ctxext.recipes import finetune, load_finetuned
 
 pytest.importorskip("peft")
@@ -36,6 +39,21 @@ def test_training_lowers_the_loss_and_the_held_out_perplexity(tmp_path):
     assert meta["eval"] == {"length": 128, "perplexity_before": result.perplexity_before,
                             "perplexity_after": result.perplexity_after}
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+def test_the_reported_perplexity_is_the_evaluation_perplexity(tmp_path):
+    """finetune's held-out perplexity at L is ``ctxext eval``'s for the same model, ids (the last L tokens and the
+    one before them), window L and stride: its per-window records as the report sums them."""
+    length = FAST["eval_length"]
+    held_out = STREAM[-(length + 1):]
+    result = run(tmp_path / "out", steps=2)
+    records = [vars(score_window(result.model, held_out, k, length, length, length))
+               for k in range(window_count(len(held_out), length, length))]
+    assert result.perplexity_after == _ppl(records)["ppl"] == eval_perplexity(result.model, held_out, length,
+                                                                               stride=length)
+    # before training the model is the extended base model (the LoRA update starts at zero)
+    extended = ctxext.extend(make_model("llama"), "yarn", factor=FAST["factor"])
+    assert result.perplexity_before == pytest.approx(eval_perplexity(extended, held_out, length), rel=1e-6)
 
 
 def test_bf16_autocast_trains_fp32_adapter_weights(tmp_path):

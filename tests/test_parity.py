@@ -10,9 +10,9 @@ from transformers import GPTNeoXConfig, LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 import ctxext
-from ctxext.patches.dynamic_yarn import compute_dynamic_yarn_parameters
-from ctxext.patches.ntk import ntk_theta
-from ctxext.patches.yarn import yarn_inv_freq
+from ctxext.methods.dynamic_yarn import compute_dynamic_yarn_parameters
+from ctxext.methods.ntk import ntk_theta
+from ctxext.methods.yarn import yarn_inv_freq
 from transformers import AutoModelForCausalLM
 
 L = 256

@@ -1,14 +1,15 @@
-"""Recipe files, PoSE position ids, training data, the local perplexity, and position ids reaching attention."""
+"""Recipe files, PoSE position ids, training data, the public perplexity name, and position ids reaching attention."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from conftest import make_model, tokens
+from conftest import FAMILIES, byte_tokenizer, make_model, tokens
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from ctxext.errors import CtxextError
+from ctxext.eval.perplexity import perplexity as eval_perplexity
+from ctxext.eval.perplexity import text_ids
 from ctxext.recipes import list_recipes, load_recipe, perplexity, pose_position_ids
 from ctxext.recipes.data import read_texts
 
@@ -77,25 +78,20 @@ def test_training_text_formats_and_errors(tmp_path):
         read_texts(tmp_path / "missing.txt")
 
 
-def test_perplexity_of_one_window_is_the_exp_of_the_model_loss():
-    model, ids = make_model("llama"), tokens(60)[0]
-    with torch.no_grad():
-        loss = model(input_ids=ids[None], labels=ids[None]).loss
-    assert perplexity(model, ids, 60) == pytest.approx(math.exp(loss.item()), rel=1e-5)
-
-
-def test_sliding_perplexity_scores_each_token_once_with_the_stride_as_new_tokens():
-    model, ids = make_model("llama"), tokens(100)[0]
-    nll, count = 0.0, 0
-    with torch.no_grad():  # windows [0,40) [20,60) [40,80) [60,100): score 1..39, then the last 20 of each
-        for end in (40, 60, 80, 100):
-            window = ids[end - 40 : end][None]
-            logp = model(input_ids=window).logits[0, :-1].log_softmax(-1)
-            scored = logp.gather(1, window[0, 1:, None])[:, 0]
-            new = 39 if end == 40 else 20
-            nll, count = nll - scored[-new:].sum().item(), count + new
-    assert perplexity(model, ids, 40, stride=20) == pytest.approx(math.exp(nll / count), rel=1e-5)
-    assert perplexity(model, ids, 40, stride=20, max_windows=1) == pytest.approx(perplexity(model, ids[:40], 40))
+def test_the_public_perplexity_is_the_evaluation_one():
+    """``ctxext.recipes.perplexity`` keeps its name and signature; the number is ``ctxext.eval``'s, and text is
+    tokenized as the eval runner tokenizes its corpus (with the tokenizer's BOS)."""
+    model, ids = make_model("llama"), tokens(111)[0]
+    assert perplexity(model, ids, 40, stride=20) == eval_perplexity(model, ids, 40, stride=20)
+    assert perplexity(model, ids, 40, max_windows=1) == eval_perplexity(model, ids[:41], 40)
+    tokenizer = byte_tokenizer()
+    byte_model = AutoModelForCausalLM.from_config(LlamaConfig(**{**FAMILIES["llama"]().to_dict(), "vocab_size": 260}))
+    text = "Call me Ishmael. Some years ago, never mind how long precisely."
+    ids = text_ids(tokenizer, text)
+    assert ids[0] == tokenizer.bos_token_id and len(ids) == len(text) + 1
+    assert perplexity(byte_model, tokenizer, 32, text=text, stride=8) == eval_perplexity(byte_model, ids, 32, stride=8)
+    with pytest.raises(CtxextError, match="reads 61 token ids"):
+        perplexity(model, tokens(60)[0], 60)
 
 
 def test_jumping_position_ids_reach_the_rotary_module_and_keep_the_causal_mask():

@@ -8,12 +8,10 @@ import sys
 import pytest
 import torch
 from conftest import NATIVE, logits, make_model, tokens
+from method_cases import CASES, ROPE_METHODS
 
 import ctxext
 from ctxext.registry import get_method
-
-METHODS = {"pi": {}, "ntk": {}, "yarn": {"beta_fast": 16.0}, "llama3": {}, "longrope": {"long_factor": 2.0},
-           "dynamic-ntk": {"alpha": 2.0}, "dynamic-yarn": {}}
 
 STOCK_LOAD = """
 import sys, torch
@@ -27,9 +25,14 @@ assert "ctxext" not in sys.modules
 """
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+def _extended(family: str, method: str):
+    case = CASES[method]
+    return ctxext.extend(make_model(family), method, factor=case.factor, **case.roundtrip_params)
+
+
+@pytest.mark.parametrize("method", ROPE_METHODS)
 def test_save_and_reload_with_ctxext(method, tmp_path):
-    model = ctxext.extend(make_model("llama"), method, factor=4, **METHODS[method])
+    model = _extended("llama", method)
     ids = tokens(3 * NATIVE)
     expected = logits(model, ids)
     model.save_pretrained(tmp_path)
@@ -43,15 +46,15 @@ def test_save_and_reload_with_ctxext(method, tmp_path):
 @pytest.mark.parametrize("family,method", [("gemma3_text", "yarn"), ("phi3", "longrope"), ("gpt_neox", "yarn"),
                                            ("qwen3", "dynamic-yarn"), ("mistral", "llama3")])
 def test_save_and_reload_other_families(family, method, tmp_path):
-    model = ctxext.extend(make_model(family), method, factor=4, **METHODS[method])
+    model = _extended(family, method)
     ids = tokens(3 * NATIVE)
     model.save_pretrained(tmp_path)
     assert torch.equal(logits(ctxext.from_pretrained(tmp_path).eval(), ids), logits(model, ids))
 
 
-@pytest.mark.parametrize("method", sorted(m for m in METHODS if get_method(m).stock_loadable))
+@pytest.mark.parametrize("method", [m for m in ROPE_METHODS if get_method(m).stock_loadable])
 def test_stock_transformers_reload_without_ctxext(method, tmp_path):
-    model = ctxext.extend(make_model("llama"), method, factor=4, **METHODS[method])
+    model = _extended("llama", method)
     ids = tokens(3 * NATIVE)
     model.save_pretrained(tmp_path / "model")
     torch.save(ids, tmp_path / "ids.pt")

@@ -32,7 +32,6 @@ class Band:
     lo: int = 0  # key index range [lo, hi) the band may use
     hi: int | None = None
     offset: int = 0  # key index of k[..., 0, :]
-    scale: float | None = None  # overrides the attention's softmax scale for this band
 
 
 def _regions(i0: int, i1: int, band: Band, hi: int):
@@ -67,7 +66,6 @@ def _regions(i0: int, i1: int, band: Band, hi: int):
 def _band_block(band: Band, i0: int, i1: int, q0: int, scale: float) -> list[Partial]:
     hi = band.offset + band.k.shape[2] if band.hi is None else min(band.hi, band.offset + band.k.shape[2])
     q = band.q[:, :, i0 - q0 : i1 - q0]
-    scale = band.scale if band.scale is not None else scale
     parts = []
     for start, end, kind in _regions(i0, i1, band, hi):
         k = band.k[:, :, start - band.offset : end - band.offset]

@@ -9,10 +9,15 @@ mask function does not build an (n x n) mask: it hands the 2D padding mask to th
 function, which splits the batch into rows that share the same valid range and position
 offset and runs the method on each with no padding at all. Rows must be contiguous runs of
 tokens (left or right padding); holes or packed sequences raise an error.
+
+Every attention method's parameters derive from :class:`AttentionConfig`, which declares the
+one option they all share: ``log_scaling`` (log-n attention scaling, applied here once to
+the queries of every call, never by a method itself).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +26,42 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function
 
+from ..config import MethodConfig, param
 from ..errors import CtxextError
 from ..registry import Scaling
 from ..rotary_modules import find_rotary_modules
 
 RUNTIME_ATTRIBUTE = "_ctxext_runtime"
+
+
+@dataclass
+class AttentionConfig(MethodConfig):
+    """Parameters every attention-level method has; each method's config derives from it."""
+
+    log_scaling: bool = param(
+        False,
+        "log-n scaling: logits of the query at position p (0-based) times max(1, ln(p+1)/ln L), "
+        "so nothing changes inside the original length L (default off)",
+    )
+
+    def check(self) -> None:
+        super().check()
+        if not isinstance(self.log_scaling, bool):
+            raise CtxextError(f"parameter log_scaling must be true or false, got {self.log_scaling!r}")
+
+
+def log_scale(q: torch.Tensor, first_position: int, length: int) -> torch.Tensor:
+    """q (b, h, n, d) of queries at positions first_position + t, times max(1, ln(position + 1) / ln length).
+
+    Returned unchanged (the same tensor) when every query sits inside the first ``length``
+    positions. The factor is computed in fp32 and applied in fp32.
+    """
+    n = q.shape[2]
+    if first_position + n <= length:
+        return q
+    positions = first_position + 1 + torch.arange(n, device=q.device, dtype=torch.float32)
+    factor = torch.where(positions > length, positions.log() / math.log(length), 1.0).clamp(min=1.0)
+    return (q.float() * factor[:, None]).to(q.dtype)
 
 
 @dataclass
@@ -104,6 +140,11 @@ class Call:
     def q0(self) -> int:
         return self.k.shape[2] - self.q.shape[2]
 
+    @property
+    def key_positions(self) -> torch.Tensor:
+        """Absolute positions of the keys (int64, on the keys' device)."""
+        return self.position + torch.arange(self.k.shape[2], device=self.k.device)
+
 
 class AttentionRuntime:
     """Base of every attention-level method; subclasses implement ``attend``."""
@@ -112,6 +153,9 @@ class AttentionRuntime:
 
     def __init__(self, config: Any, scaling: Scaling):
         self.config, self.scaling = config, scaling
+        self.log_scaling = bool(getattr(config, "log_scaling", False))
+        if self.log_scaling and scaling.original_length < 2:
+            raise CtxextError(f"log_scaling needs an original length of at least 2, got {scaling.original_length}")
         self.positions: torch.Tensor | None = None
         self._hooks: list[Any] = []
         self._attention_modules: list[nn.Module] = []
@@ -141,6 +185,8 @@ class AttentionRuntime:
         if len(rotary) != 1:
             raise CtxextError("attention-level methods need a model with a single rotary embedding module")
         self.rotary = rotary[0][2]
+        if self.log_scaling and float(getattr(self.rotary, "attention_scaling", 1.0)) != 1.0:
+            raise CtxextError("log_scaling would stack on the rope's own attention factor; leave it off")
         attention_modules = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "config")
                              and type(m).__name__.endswith("Attention")]
         if not attention_modules:
@@ -196,6 +242,8 @@ class AttentionRuntime:
                 module=module,
                 rows=group.rows,
             )
+            if self.log_scaling:
+                call.q = log_scale(call.q, call.position + call.q0, self.scaling.original_length)
             result = self.attend(call).to(query.dtype)
             if whole:
                 return result

@@ -2,7 +2,12 @@
 
 - ``passkey``: passkey retrieval (Landmark / PI / YaRN format);
 - ``ruler``: RULER-style synthetic tasks (and essay-haystack NIAH on local prose);
-- ``perplexity``: sliding-window perplexity with NLL per position bucket;
-- ``runner``: ``ctxext eval`` (methods side by side, resumable), written up by ``report``;
-- ``lm_eval_bridge``: lm-eval on the in-memory model and our shipped lm-eval task configs.
+- ``perplexity``: sliding-window perplexity with NLL per position bucket (also the fine-tune
+  recipes' held-out perplexity);
+- ``runner``: ``ctxext eval`` (methods side by side, resumable, lm-eval tasks included),
+  written up by ``report``;
+- ``lm_eval_bridge``: lm-eval on the in-memory model and our shipped lm-eval task configs;
+- ``checks``: what can be checked without the model's weights (its config, the planned
+  extension, device, dtype, lengths, tokenizer), shared with the fine-tune recipes;
+- ``constants``: the baseline's name and the default needle depths, shared with the CLI.
 """

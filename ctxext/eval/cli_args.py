@@ -10,13 +10,18 @@ from .runner import EvalConfig
 from .tasks import expand_tasks
 
 
-def _depths(text: str) -> list[float] | None:
-    if text.strip().lower() == "random":
+def parse_depths(text: str, allow_random: bool = True) -> list[float] | None:
+    """'0,0.5,1' -> [0.0, 0.5, 1.0]; 'random' -> None (random depths) where allowed."""
+    if allow_random and text.strip().lower() == "random":
         return None
     try:
-        return [float(d) for d in text.split(",") if d.strip()]
+        depths = [float(d) for d in text.split(",") if d.strip()]
     except ValueError:
-        raise CtxextError(f"--depths must be comma-separated numbers in [0, 1] or 'random', got {text!r}") from None
+        depths = []
+    if not depths:
+        extra = " or 'random'" if allow_random else ""
+        raise CtxextError(f"--depths must be comma-separated numbers in [0, 1]{extra}, got {text!r}")
+    return depths
 
 
 def config_from_args(args: argparse.Namespace, params: dict) -> EvalConfig:
@@ -25,7 +30,7 @@ def config_from_args(args: argparse.Namespace, params: dict) -> EvalConfig:
     return EvalConfig(
         model=args.model, out=args.out, methods=methods, factor=args.factor, target_length=args.target_length,
         params=params, tasks=expand_tasks(args.tasks), lengths=parse_lengths(args.lengths), samples=args.samples,
-        depths=_depths(args.depths), seed=args.seed, dtype=args.dtype, device=args.device, replace=args.replace,
+        depths=parse_depths(args.depths), seed=args.seed, dtype=args.dtype, device=args.device, replace=args.replace,
         ppl_stride=args.ppl_stride, ppl_windows=args.ppl_windows, ppl_bucket=args.ppl_bucket, text_file=args.text_file,
         text_dataset=args.text_dataset, threshold=args.threshold, lm_eval_tasks=lm_eval_tasks,
         lm_eval_limit=args.lm_eval_limit,

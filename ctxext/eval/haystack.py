@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+# RULER's noise haystack sentence, which is also the passkey filler (Landmark / PI / YaRN)
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"(])")
 

@@ -1,8 +1,10 @@
 """lm-eval on the in-memory (extended) model: our shipped task configs plus any lm-eval task.
 
-The model is wrapped with lm-eval's HFLM with ``max_length`` set explicitly (HFLM would
-otherwise read ``max_position_embeddings`` and left-truncate longer prompts silently).
-lm-eval is optional: ``pip install 'ctxext[eval]'``.
+This module only wraps lm-eval; applying each method and logging its results is the
+runner's (``runner.run_lm_eval_tasks``). The model is wrapped with lm-eval's HFLM with
+``max_length`` set explicitly (HFLM would otherwise read ``max_position_embeddings`` and
+left-truncate longer prompts silently). lm-eval is optional (``pip install 'ctxext[eval]'``)
+and imported only when used.
 """
 
 from __future__ import annotations
@@ -29,14 +31,21 @@ def require_lm_eval():
     return lm_eval, HFLM, TaskManager
 
 
-def evaluate(model, tokenizer, tasks: list[str], max_length: int, metadata: dict, limit: int | None = None) -> dict:
-    """{task: {metric: value}} for ``tasks`` (lm-eval names or ctxext_* names) on ``model`` as it is."""
-    lm_eval, HFLM, TaskManager = require_lm_eval()
+def task_manager(tasks: list[str], metadata: dict):
+    """lm-eval's TaskManager for ``tasks``, built without a model; unknown task names are refused here."""
+    _, _, TaskManager = require_lm_eval()
     ours_only = all(t.startswith("ctxext_") for t in tasks)  # indexing lm-eval's own thousands of tasks is slow
     manager = TaskManager(include_path=str(INCLUDE_PATH), include_defaults=not ours_only, metadata=metadata)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise CtxextError(f"unknown lm-eval task(s): {', '.join(unknown)}")
+    return manager
+
+
+def evaluate(model, tokenizer, tasks: list[str], max_length: int, manager, limit: int | None = None) -> dict:
+    """{task: {metric: value}} for ``tasks`` (lm-eval names or ctxext_* names) on ``model`` as it is;
+    ``manager`` from :func:`task_manager`."""
+    lm_eval, HFLM, _ = require_lm_eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=1)
     output = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
                                      log_samples=False, bootstrap_iters=0)
@@ -46,18 +55,3 @@ def evaluate(model, tokenizer, tasks: list[str], max_length: int, metadata: dict
                          if isinstance(value, (int, float)) and "_stderr" not in key and key != "alias"}
     return results
 
-
-def run_lm_eval_tasks(model, tokenizer, location, config, store, max_length: int) -> None:
-    """Each method's lm-eval results, logged like samples so that a resumed run skips them."""
-    from .runner import BASELINE, apply_method
-
-    metadata = {"tokenizer": str(location.directory), "gguf_file": location.gguf_file,
-                "max_seq_lengths": config.lengths, "num_samples": config.samples, "seed": config.seed}
-    tasks_key = ",".join(config.lm_eval_tasks)
-    for method in [BASELINE, *config.methods]:
-        if (method, "lm-eval", 0, tasks_key) in store:
-            continue
-        apply_method(model, method, config)
-        results = evaluate(model, tokenizer, config.lm_eval_tasks, max_length, metadata, config.lm_eval_limit)
-        store.add({"method": method, "task": "lm-eval", "length": 0, "sample": tasks_key, "results": results,
-                   "max_length": max_length})

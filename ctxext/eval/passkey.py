@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .constants import DEFAULT_DEPTHS
 from .generation import greedy_generate
+from .haystack import NOISE
 from .samples import Sample, count_tokens, largest_fitting, sample_rng
 from .scoring import first_integer
 
@@ -19,10 +21,8 @@ INTRO = (
     "There is an important info hidden inside a lot of irrelevant text. "
     "Find it and memorize them. I will quiz you about the important information there."
 )
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 KEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key? The pass key is"
-DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 ANSWER_TOKENS = 10
 
 
@@ -38,7 +38,7 @@ class PasskeyResult:
 
 def _compose(n_filler: int, depth: float, key: int) -> str:
     before = round(n_filler * depth)
-    parts = [INTRO, " ".join([FILLER] * before), KEY_LINE.format(key=key), " ".join([FILLER] * (n_filler - before))]
+    parts = [INTRO, " ".join([NOISE] * before), KEY_LINE.format(key=key), " ".join([NOISE] * (n_filler - before))]
     return "\n".join([part for part in parts if part] + [QUESTION])
 
 
@@ -66,10 +66,16 @@ def make_sample(tokenizer, length: int, index: int, seed: int, depths=DEFAULT_DE
 
 def run_passkey(model, tokenizer, length: int, depths, seed: int = 0) -> list[PasskeyResult]:
     """Greedy passkey retrieval at one length, one seeded key at each of ``depths`` (fractions)."""
+    samples = [make_sample(tokenizer, length, index, seed, depths) for index in range(len(depths))]
+    return run_samples(model, tokenizer, samples)
+
+
+def run_samples(model, tokenizer, samples: list[Sample]) -> list[PasskeyResult]:
+    """Greedy passkey retrieval on samples built beforehand (``ctxext passkey`` builds them before the model loads)."""
     results = []
-    for index in range(len(depths)):
-        sample = make_sample(tokenizer, length, index, seed, depths)
+    for sample in samples:
         generated, _ = greedy_generate(model, tokenizer, sample.prompt, sample.max_new_tokens)
         key = int(sample.references[0])
-        results.append(PasskeyResult(length, sample.depth, sample.n_tokens, key, generated, first_integer(generated) == key))
+        results.append(PasskeyResult(sample.length, sample.depth, sample.n_tokens, key, generated,
+                                     first_integer(generated) == key))
     return results

@@ -1,10 +1,16 @@
-"""Sliding-window perplexity (Press et al.; stride 256 as in PI and YaRN).
+"""Sliding-window perplexity (Press et al.; stride 256 as in PI and YaRN), the one ctxext has.
 
-Window k covers tokens [k*stride, k*stride + window) of the corpus and scores only the
-tokens no earlier window scored (all of them for the first window), so every scored
-token sees at least ``window - stride`` tokens of context. Perplexity is exp of the
-token-weighted mean NLL. Each window also records the NLL of every position inside it,
-summed per position bucket, which shows where in a long window a method starts to fail.
+Token ids are the text as the model reads it, with its tokenizer's special tokens (BOS for
+the models that use one): :func:`text_ids`. A window of ``window`` positions reads
+``window + 1`` ids and predicts each of its last ``window``. Window k starts at token
+k*stride (the last possible window ends at the last token) and scores only the tokens no
+earlier window scored (all of them for the first window), so every scored token sees at
+least ``window - stride`` tokens of context. Perplexity is exp of the token-weighted mean
+NLL. :func:`perplexity` gives that number over a token sequence; ``ctxext eval`` logs one
+:func:`score_window` record per window and its report computes the same number from them,
+so the held-out perplexity of ``finetune`` and the report's agree for the same model, ids,
+window and stride. Each window also records the NLL of every position inside it, summed
+per position bucket, which shows where in a long window a method starts to fail.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import torch
 
 from ..errors import CtxextError
 from ..rope_config import text_config
+from .checks import one_line
 from .haystack import prose
 
 
@@ -41,7 +48,10 @@ def _dataset_text(spec: str) -> str:
     directory, _, column = spec.partition(":")
     if not Path(directory).is_dir():
         raise CtxextError(f"{directory}: no such dataset directory (expected one written by save_to_disk)")
-    data = load_from_disk(directory)
+    try:
+        data = load_from_disk(directory)
+    except Exception as exc:  # datasets raises FileNotFoundError, ValueError, ... for other folders
+        raise CtxextError(f"{directory}: not a dataset written by save_to_disk ({one_line(exc)})") from None
     if hasattr(data, "keys"):  # a DatasetDict: the first split
         data = data[next(iter(data.keys()))]
     column = column or "text"
@@ -100,3 +110,39 @@ def score_window(model, ids: torch.Tensor, index: int, window: int, stride: int,
                         torch.bincount(bucket_ids, minlength=n_buckets).tolist())
 
 
+def text_ids(tokenizer, text: str) -> torch.Tensor:
+    """``text`` as the token ids perplexity is measured on: with the tokenizer's special tokens, as the model reads
+    the start of a text (``ctxext eval`` tokenizes its corpus this way)."""
+    return torch.tensor(tokenizer(text, add_special_tokens=True)["input_ids"], dtype=torch.long)
+
+
+def perplexity(model, ids, length: int, *, stride: int | None = None, max_windows: int | None = None) -> float:
+    """Perplexity of ``model`` on the token ids ``ids`` (1-D, e.g. from :func:`text_ids`; at least ``length + 1``)
+    in windows of ``length`` positions moving by ``stride`` (default ``length``: windows side by side; above
+    ``length`` they leave tokens unscored), the first ``max_windows`` windows (default: all, to the end of ``ids``).
+    The windows are :func:`score_window`'s: this is the number an eval report gives for the same ids, ``length``
+    and ``--ppl-stride``."""
+    ids = torch.as_tensor(ids)
+    if ids.dim() == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.dim() != 1 or ids.dtype.is_floating_point:
+        raise CtxextError(f"perplexity needs a 1-D sequence of token ids, got a {ids.dtype} tensor of shape "
+                          f"{tuple(ids.shape)}")
+    for name, value, optional in (("length", length, False), ("stride", stride, True),
+                                  ("max_windows", max_windows, True)):
+        if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CtxextError(f"perplexity {name} must be a positive integer, got {value!r}")
+    stride = stride or length
+    if ids.numel() < length + 1:
+        raise CtxextError(f"a perplexity window of {length} tokens reads {length + 1} token ids (each position "
+                          f"predicts the next one); got {ids.numel()}")
+    count = window_count(ids.numel(), length, stride)
+    if max_windows is not None:
+        count = min(count, max_windows)
+    was_training = model.training
+    model.eval()
+    try:
+        windows = [score_window(model, ids.long(), k, length, stride, length) for k in range(count)]
+    finally:
+        model.train(was_training)
+    return math.exp(sum(w.nll_sum for w in windows) / sum(w.n_scored for w in windows))

@@ -4,6 +4,7 @@ length (one line per method) with the NLL per position bucket at the longest len
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..atomic import atomic_write  # noqa: E402
 from .lengths import format_length  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    """The figure as a PNG at ``path``, written atomically (never half a picture)."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+    return path
 
 
 def heatmap(task: str, grid: dict, lengths: list[int], path: Path) -> Path:
@@ -33,9 +46,7 @@ def heatmap(task: str, grid: dict, lengths: list[int], path: Path) -> Path:
         ax.set_xlabel("length (tokens)")
     axes[0][0].set_ylabel("needle depth")
     fig.colorbar(image, ax=axes[0].tolist(), label=f"{task} score")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def perplexity_curves(ppl: dict, native_length: int, path: Path) -> Path:
@@ -57,6 +68,4 @@ def perplexity_curves(ppl: dict, native_length: int, path: Path) -> Path:
               title=f"NLL per position, {format_length(max(max(v) for v in ppl.values()))} window")
     left.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -1,4 +1,7 @@
-"""report.md, report.json and the PNG pictures of a run, written into its --out directory."""
+"""report.md, report.json and the PNG pictures of a run, written into its --out directory.
+
+Each file is replaced atomically (``atomic.atomic_write``): an interrupted report leaves the
+previous file or the new one, never half of one."""
 
 from __future__ import annotations
 
@@ -8,11 +11,11 @@ import json
 import platform
 from pathlib import Path
 
-from .. import __version__
+from ..atomic import atomic_write
+from ..version import __version__
 from . import plots, ruler
+from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL
 from .lengths import format_length
-from .passkey import DEFAULT_DEPTHS
-from .runner import BASELINE
 from .summary import summarize
 from .tasks import PPL
 
@@ -144,7 +147,7 @@ def write_report(config, records: list[dict], store, meta: dict) -> dict:
         lines += _ppl_section(summary, methods, config.lengths)
     tasks_key = ",".join(config.lm_eval_tasks)
     lm_eval_results = {r["method"]: r["results"] for r in store.records.values()
-                       if r["task"] == "lm-eval" and r["sample"] == tasks_key and r["method"] in methods}
+                       if r["task"] == LM_EVAL and r["sample"] == tasks_key and r["method"] in methods}
     if config.lm_eval_tasks:
         lines += _lm_eval_section(lm_eval_results, methods)
     pictures = []
@@ -154,9 +157,9 @@ def write_report(config, records: list[dict], store, meta: dict) -> dict:
         pictures.append(plots.perplexity_curves(summary["ppl"], meta["native_length"], out / "perplexity.png"))
     if pictures:
         lines += ["", "## Pictures", ""] + [f"![{p.stem}]({p.name})" for p in pictures]
-    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write(out / "report.md", ("\n".join(lines) + "\n").encode("utf-8"))
     data = {"config": {**config.settings(), "methods": methods, "tasks": config.tasks, "lengths": config.lengths,
                        "samples": config.samples, "threshold": config.threshold, "device": meta["device"]},
             "meta": meta, "summary": summary, "lm_eval": lm_eval_results, "records": records}
-    (out / "report.json").write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    atomic_write(out / "report.json", (json.dumps(data, indent=1, default=str) + "\n").encode("utf-8"))
     return data

@@ -17,7 +17,6 @@ depth (or a random one) so that its results fill a depth x length heatmap.
 
 from __future__ import annotations
 
-import math
 import random
 import string
 import uuid

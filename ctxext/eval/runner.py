@@ -8,26 +8,44 @@ interrupted run picks up where it stopped; the report is written from the log at
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from ..api import extend, from_pretrained, is_extended, restore
-from ..checkpoint import resolve_model_path
+from ..api import extend, is_extended, restore
+from ..checkpoint import ModelLocation, resolve_model_path
+from ..config import ExtensionRecord
 from ..errors import CtxextError
 from ..registry import get_method
 from ..rope_config import read_rope_setup, text_config
 from . import perplexity
+from .checks import (
+    check_count,
+    check_device,
+    check_dtype,
+    check_fraction,
+    check_length,
+    check_token_ids,
+    load_tokenizer,
+    load_weights,
+    model_config,
+    native_length,
+    one_line,
+    planned_extension,
+)
+from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL
 from .generation import greedy_generate
+from .lm_eval_bridge import evaluate, require_lm_eval, task_manager
+from .passkey import PasskeyResult, run_samples
 from .samples import Sample
 from .scoring import score
 from .store import RecordStore
-from .tasks import PPL, make_sample
-
-BASELINE = "unpatched"
+from .tasks import GROUPS, PPL, TASK_NAMES, make_sample
 
 
 @dataclass
@@ -41,7 +59,7 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["passkey"])
     lengths: list[int] = field(default_factory=lambda: [4096])
     samples: int = 5
-    depths: list[float] | None = (0.0, 0.25, 0.5, 0.75, 1.0)  # None: random depths
+    depths: list[float] | None = DEFAULT_DEPTHS  # None: random depths
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
@@ -69,23 +87,119 @@ def method_params(method: str, params: dict) -> dict:
     return {k: v for k, v in params.items() if k in names}
 
 
-def check_config(config: EvalConfig) -> None:
-    """Every check that needs no model, so that a bad flag fails before the slow load."""
-    resolve_model_path(config.model)
-    for method in config.methods:
-        get_method(method)
-    if config.methods and config.factor is None and config.target_length is None:
-        raise CtxextError("give --factor or --target-length for the extension methods")
-    if config.samples < 1:
-        raise CtxextError("--samples must be at least 1")
-    if min(config.ppl_stride, config.ppl_bucket, config.ppl_windows) < 1:
-        raise CtxextError("--ppl-stride, --ppl-bucket and --ppl-windows must be positive")
-    if config.depths is not None and not all(0 <= d <= 1 for d in config.depths):
-        raise CtxextError("--depths must lie in [0, 1]")
-    if config.lm_eval_tasks:
-        from .lm_eval_bridge import require_lm_eval
+@dataclass
+class Checked:
+    """What the checks before the model load found out, for the rest of the run."""
 
+    location: ModelLocation
+    model_config: Any  # the model's config, read without its weights
+    lm_eval_manager: Any = None  # lm-eval's TaskManager when --lm-eval-tasks is given
+
+
+def check_config(config: EvalConfig) -> Checked:
+    """Every check that needs neither the model nor its tokenizer, so that a bad flag fails before the slow load.
+
+    The methods are planned on the model's config exactly as ``extend`` will apply them (factor, target length,
+    parameters, rope type), and lm-eval task names are looked up. The prompts, which need the tokenizer, are
+    built and checked by ``run`` and ``passkey_check``, still before the model loads.
+    """
+    check_dtype(config.dtype)
+    check_device(config.device)
+    _check_values(config)
+    location = resolve_model_path(config.model)
+    found = Checked(location, model_config(location))
+    native_length(found.model_config)  # a model without rotary embeddings is refused here
+    _check_methods(config, found.model_config)
+    if config.lm_eval_tasks:
         require_lm_eval()
+        found.lm_eval_manager = task_manager(config.lm_eval_tasks, _lm_eval_metadata(config, location))
+    return found
+
+
+def _check_values(config: EvalConfig) -> None:
+    if not config.tasks:
+        raise CtxextError("no tasks given")
+    unknown = [t for t in config.tasks if t not in TASK_NAMES]
+    if unknown:
+        raise CtxextError(f"unknown task '{unknown[0]}' (valid: {', '.join([*TASK_NAMES, *GROUPS])})")
+    if not config.lengths:
+        raise CtxextError("no lengths given")
+    for length in config.lengths:
+        check_length(length)
+    check_count(config.samples, "--samples")
+    if config.depths is not None:
+        if isinstance(config.depths, str) or not list(config.depths):
+            raise CtxextError("--depths must be a list of needle depths in [0, 1], or None for random depths")
+        check_fraction(config.depths, "--depths")
+    for name in ("ppl_stride", "ppl_windows", "ppl_bucket"):
+        check_count(getattr(config, name), "--" + name.replace("_", "-"))
+    threshold = config.threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+            math.isfinite(threshold) and 0 <= threshold <= 100):
+        raise CtxextError(f"--threshold is a score between 0 and 100, got {threshold!r}")
+    if config.lm_eval_limit is not None:
+        check_count(config.lm_eval_limit, "--lm-eval-limit")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+        raise CtxextError(f"--seed must be a whole number, got {config.seed!r}")
+
+
+def _check_methods(config: EvalConfig, model_config) -> None:
+    """Methods, lengths and parameters, planned on the model's config as ``apply_method`` will apply them."""
+    seen: dict[str, str] = {}
+    for method in config.methods:
+        name = get_method(method).name
+        if name in seen:
+            raise CtxextError(f"method '{name}' is given twice ({seen[name]}, {method})")
+        seen[name] = method
+    given = config.factor is not None or config.target_length is not None
+    if not config.methods:
+        if given or config.params:
+            what = "--factor / --target-length" if given else "method parameters"
+            raise CtxextError(f"{what} given without --method or --methods: nothing would use them")
+        return
+    if not given:
+        raise CtxextError("give --factor or --target-length for the extension methods")
+    if config.factor is not None and config.target_length is not None:
+        raise CtxextError("give --factor or --target-length, not both")
+    taken = {f.name for m in config.methods for f in dataclasses.fields(get_method(m).config_class)}
+    unused = sorted(set(config.params) - taken)
+    if unused:
+        flags = ", ".join("--" + p.replace("_", "-") for p in unused)
+        raise CtxextError(f"{flags}: not a parameter of {', '.join(config.methods)} (see 'ctxext methods')")
+    for method in config.methods:
+        planned_extension(model_config, method, factor=config.factor, target_length=config.target_length,
+                          replace=config.replace, params=method_params(method, config.params), restore_first=True)
+
+
+def _lm_eval_metadata(config: EvalConfig, location: ModelLocation) -> dict:
+    return {"tokenizer": str(location.directory), "gguf_file": location.gguf_file,
+            "max_seq_lengths": config.lengths, "num_samples": config.samples, "seed": config.seed}
+
+
+def _lm_eval_own_tasks(tasks: list[str]) -> list[str]:
+    """The eval tasks behind the ctxext_* lm-eval tasks among ``tasks`` (ctxext_ruler: the RULER-style suite)."""
+    found: list[str] = []
+    for name in tasks:
+        if name.startswith("ctxext_"):
+            own = name[len("ctxext_"):]
+            found += GROUPS[own] if own in GROUPS else [own] if own in TASK_NAMES and own != PPL else []
+    return list(dict.fromkeys(found))
+
+
+def build_samples(config: EvalConfig, tokenizer, model_config, todo) -> dict[tuple, Sample]:
+    """Every prompt of ``todo``, built with the tokenizer alone (shortest first, so that a length too short
+    for a task fails at once), keyed (task, length, index); also the ctxext_* lm-eval tasks' shortest prompt."""
+    keys = sorted({(length, task, index) for _, task, length, index in todo if task != PPL})
+    samples = {(task, length, index): make_sample(task, tokenizer, length, index, config.seed, config.depths)
+               for length, task, index in keys}
+    shortest = min(config.lengths)
+    checks = [make_sample(task, tokenizer, shortest, 0, config.seed, DEFAULT_DEPTHS)
+              for task in _lm_eval_own_tasks(config.lm_eval_tasks) if (task, shortest, 0) not in samples]
+    for sample in [*samples.values(), *checks]:
+        ids = tokenizer(sample.prompt, add_special_tokens=True)["input_ids"]
+        if ids:
+            check_token_ids(max(ids), model_config, f"the {sample.task} prompt")
+    return samples
 
 
 def apply_method(model, method: str, config: EvalConfig) -> None:
@@ -97,18 +211,36 @@ def apply_method(model, method: str, config: EvalConfig) -> None:
 
 
 def load_model(config: EvalConfig):
-    from transformers import AutoTokenizer
+    """The model, on ``config.device`` in ``config.dtype``, with any ctxext patch of its checkpoint re-applied."""
+    model = load_weights(config.model, dtype=getattr(torch, config.dtype))
+    try:
+        return model.to(config.device).eval()
+    except RuntimeError as exc:  # e.g. out of device memory
+        raise CtxextError(f"--device {config.device}: cannot move the model there ({one_line(exc)})") from None
 
-    location = resolve_model_path(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(location.directory, gguf_file=location.gguf_file)
-    model = from_pretrained(config.model, dtype=getattr(torch, config.dtype)).to(config.device).eval()
-    return model, tokenizer, location
+
+def passkey_check(model: str, length: int, depths: list[float], seed: int = 0, dtype: str = "float32",
+                  device: str = "cpu") -> list[PasskeyResult]:
+    """``ctxext passkey``: one eval passkey prompt per depth on a (patched) checkpoint, as it loads.
+
+    Every argument is checked, and every prompt built with the tokenizer, before the model loads.
+    """
+    if depths is None or isinstance(depths, str) or not list(depths):
+        raise CtxextError("give at least one needle depth in [0, 1]")
+    config = EvalConfig(model=model, out=Path(), lengths=[length], samples=len(depths), depths=list(depths), seed=seed,
+                        dtype=dtype, device=device)
+    checked = check_config(config)
+    tokenizer = load_tokenizer(checked.location)
+    samples = build_samples(config, tokenizer, checked.model_config,
+                            [(BASELINE, "passkey", length, index) for index in range(len(depths))])
+    loaded = load_model(config)
+    return run_samples(loaded, tokenizer, [samples["passkey", length, index] for index in range(len(depths))])
 
 
 def lengths_of(model, config: EvalConfig) -> tuple[int, int]:
     """(native length, extended length) of the model under this run's extension."""
-    record = getattr(text_config(model.config), "ctxext", None)
-    native = record["original_length"] if record else read_rope_setup(text_config(model.config)).native_length
+    record = ExtensionRecord.of(model.config)
+    native = record.original_length if record else read_rope_setup(text_config(model.config)).native_length
     if config.target_length:
         return native, config.target_length
     return native, round(native * config.factor) if config.factor else native
@@ -144,18 +276,40 @@ def plan_units(config: EvalConfig, n_corpus_tokens: int | None) -> list[tuple[st
     return units
 
 
-def run(config: EvalConfig) -> dict:
-    """Run (or resume) the evaluation; returns the report data and writes the report files."""
-    from .report import write_report
+def run_lm_eval_tasks(model, tokenizer, manager, config: EvalConfig, store: RecordStore, max_length: int) -> None:
+    """Each method's lm-eval results, logged like samples so that a resumed run skips them."""
+    tasks_key = ",".join(config.lm_eval_tasks)
+    for method in [BASELINE, *config.methods]:
+        if (method, LM_EVAL, 0, tasks_key) in store:
+            continue
+        apply_method(model, method, config)
+        results = evaluate(model, tokenizer, config.lm_eval_tasks, max_length, manager, config.lm_eval_limit)
+        store.add({"method": method, "task": LM_EVAL, "length": 0, "sample": tasks_key, "results": results,
+                   "max_length": max_length})
 
-    check_config(config)
-    corpus = perplexity.load_corpus(config.text_file, config.text_dataset) if PPL in config.tasks else None
+
+def run(config: EvalConfig) -> dict:
+    """Run (or resume) the evaluation; returns the report data and writes the report files.
+
+    Everything that can be checked without the model is checked before it loads: the flags, the methods on the
+    model's config, the --out directory (new, empty, or this run's), the corpus and every prompt (built with the
+    tokenizer). The --out directory and its run.json are written only after that, at the first record.
+    """
+    from .report import write_report  # matplotlib loads only when a report is written
+
+    checked = check_config(config)
     store = RecordStore(config.out, config.settings())
-    model, tokenizer, location = load_model(config)
-    ids = None if corpus is None else torch.tensor(tokenizer(corpus[0], add_special_tokens=True)["input_ids"])
+    corpus = perplexity.load_corpus(config.text_file, config.text_dataset) if PPL in config.tasks else None
+    tokenizer = load_tokenizer(checked.location)
+    ids = None
+    if corpus is not None:
+        ids = perplexity.text_ids(tokenizer, corpus[0])
+        if ids.numel():
+            check_token_ids(int(ids.max()), checked.model_config, f"the perplexity corpus {corpus[1]}")
     units = plan_units(config, None if ids is None else len(ids))
     todo = [u for u in units if u not in store]
-    samples: dict[tuple, Sample] = {}
+    samples = build_samples(config, tokenizer, checked.model_config, todo)
+    model = load_model(config)
     current = None
     with tqdm(total=len(todo), desc="eval", unit="sample", disable=not todo) as bar:
         for method, task, length, index in todo:
@@ -166,19 +320,15 @@ def run(config: EvalConfig) -> dict:
             if task == PPL:
                 record = _ppl_record(model, ids, length, index, config, method)
             else:
-                key = (task, length, index)
-                if key not in samples:
-                    samples[key] = make_sample(task, tokenizer, length, index, config.seed, config.depths)
-                record = _generation_record(model, tokenizer, samples[key], method)
+                record = _generation_record(model, tokenizer, samples[task, length, index], method)
             store.add(record)
             bar.update()
     native, extended = lengths_of(model, config)
     if config.lm_eval_tasks:
-        from .lm_eval_bridge import run_lm_eval_tasks
-
-        run_lm_eval_tasks(model, tokenizer, location, config, store, max(extended, *config.lengths))
+        run_lm_eval_tasks(model, tokenizer, checked.lm_eval_manager, config, store, max(extended, *config.lengths))
     if is_extended(model):
         restore(model)
     meta = {"native_length": native, "extended_length": extended, "corpus": corpus[1] if corpus else None,
             "corpus_tokens": None if ids is None else len(ids), "device": str(next(model.parameters()).device)}
+    store.begin()
     return write_report(config, [store.records[u] for u in units], store, meta)

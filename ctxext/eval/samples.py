@@ -8,7 +8,7 @@ run: methods compared side by side see the same prompts, and a resumed run rebui
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -23,9 +23,6 @@ class Sample:
     n_tokens: int = 0  # prompt tokens with the model's tokenizer (special tokens included)
     depth: float | None = None  # needle depth in [0, 1] for single-needle tasks
     meta: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def sample_rng(seed: int, task: str, length: int, index: int) -> random.Random:

@@ -5,14 +5,22 @@ appended to ``records.jsonl`` as one JSON line and flushed at once; a rerun with
 ``--out`` skips the keys already there. ``run.json`` keeps the settings the records depend
 on (model, factor, seed, ...) so that a rerun with other settings is refused rather than
 mixed in.
+
+Opening a store only checks (nothing is written): ``--out`` must be new, an empty folder or
+a ctxext run (a folder with ``run.json``) made with the same settings, and writable. The
+folder and ``run.json`` are written by :meth:`RecordStore.begin`, which the runner calls once
+every check has passed (at the first record, or before the report), so that a refused run
+leaves nothing behind and never blocks the corrected rerun.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..errors import CtxextError
 
 RECORDS = "records.jsonl"
@@ -23,40 +31,96 @@ def record_key(record: dict) -> tuple:
     return record["method"], record["task"], record["length"], record["sample"]
 
 
+def _permitted(path: Path, access: int, mode_bits: int) -> bool:
+    # The mode bits are checked too: root passes os.access() on read-only folders.
+    return os.access(path, access) and bool(stat.S_IMODE(path.stat().st_mode) & mode_bits)
+
+
 class RecordStore:
     def __init__(self, directory: Path, settings: dict):
         self.directory = Path(directory)
+        self.settings = settings
+        self.records: dict[tuple, dict] = {}
+        self._started = False
+        self._cut = False  # records.jsonl ends with half a line (an interrupted write), trimmed by begin()
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            probe = self.directory / ".ctxext-write-test"
-            probe.write_text("")
-            probe.unlink()
+            self._check_directory()
+            self._read_records()
         except OSError as exc:
             raise CtxextError(f"{self.directory}: cannot write the report there ({exc.strerror or exc})") from None
-        settings_path = self.directory / SETTINGS
-        if settings_path.exists():
-            saved = json.loads(settings_path.read_text())
-            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-            if changed:
-                raise CtxextError(f"{self.directory} holds a run with other settings ({', '.join(changed)}); "
-                                  "use another --out directory")
-        else:
-            settings_path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-        self.records: dict[tuple, dict] = {}
+
+    def _check_directory(self) -> None:
+        """Refuse an --out that is not new, empty or a run of ours with these settings; write nothing."""
+        out = self.directory
+        if not out.exists():
+            existing = next(p for p in [out, *out.parents] if p.exists() or p == p.parent)
+            if not existing.is_dir():
+                raise CtxextError(f"{out}: cannot write the report there ({existing} is not a directory)")
+            if not _permitted(existing, os.W_OK | os.X_OK, 0o222):
+                raise CtxextError(f"{out}: cannot write the report there ({existing} is read-only)")
+            return
+        if not out.is_dir():
+            raise CtxextError(f"{out}: cannot write the report there (it is a file, not a directory)")
+        if not _permitted(out, os.R_OK | os.X_OK, 0o444) or not _permitted(out, os.W_OK | os.X_OK, 0o222):
+            raise CtxextError(f"{out}: cannot write the report there (the directory is read-only or unreadable)")
+        settings_path = out / SETTINGS
+        if not settings_path.exists():
+            if any(out.iterdir()):
+                raise CtxextError(f"{out}: the directory is not empty and holds no ctxext eval run (no {SETTINGS}); "
+                                  "give a new or empty --out directory")
+            return
+        try:
+            saved = json.loads(settings_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            saved = None
+        if not isinstance(saved, dict) or not {"model", "seed"} <= set(saved):
+            raise CtxextError(f"{settings_path} is not the settings file of a ctxext eval run; "
+                              "give a new or empty --out directory")
+        changed = sorted(k for k in set(saved) | set(self.settings) if saved.get(k) != self.settings.get(k))
+        if changed:
+            raise CtxextError(f"{out} holds a run with other settings ({', '.join(changed)}); "
+                              "use another --out directory")
+        self._started = True  # the folder and its run.json exist already
+
+    def _read_records(self) -> None:
         path = self.directory / RECORDS
-        if path.exists():
-            text = path.read_text(encoding="utf-8")
-            if text and not text.endswith("\n"):  # the last line was cut short by an interruption
-                text = text[: text.rfind("\n") + 1]
-                path.write_text(text, encoding="utf-8")
-            for line in text.splitlines():
+        if not path.is_file():
+            return
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if text and not text.endswith("\n"):  # the last line was cut short by an interruption
+            text = text[: text.rfind("\n") + 1]
+            self._cut = True
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
                 record = json.loads(line)
                 self.records[record_key(record)] = record
+            except (ValueError, KeyError, TypeError):
+                raise CtxextError(f"{path}:{number}: not a ctxext eval record; the run's log is damaged "
+                                  "(use another --out directory)") from None
+
+    def begin(self) -> None:
+        """Create the folder and its ``run.json`` (once every check passed); trim a cut-short last record."""
+        try:
+            if not self._started:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                path = self.directory / SETTINGS
+                if not path.exists():
+                    atomic_write(path, (json.dumps(self.settings, indent=2, sort_keys=True) + "\n").encode())
+                self._started = True
+            if self._cut:
+                path = self.directory / RECORDS
+                text = path.read_text(encoding="utf-8", errors="replace")
+                if text and not text.endswith("\n"):
+                    atomic_write(path, text[: text.rfind("\n") + 1].encode())
+                self._cut = False
+        except OSError as exc:
+            raise CtxextError(f"{self.directory}: cannot write the report there ({exc.strerror or exc})") from None
 
     def __contains__(self, key: tuple) -> bool:
         return key in self.records
 
     def add(self, record: dict) -> None:
+        self.begin()
         with open(self.directory / RECORDS, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()

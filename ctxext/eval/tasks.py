@@ -7,6 +7,7 @@ from . import passkey, ruler
 from .samples import Sample
 
 PPL = "ppl"
+TASK_NAMES = ("passkey", PPL, *ruler.TASKS)  # every single task
 GROUPS = {
     "ruler": list(ruler.TASKS),
     "ruler-synthetic": [name for name, task in ruler.TASKS.items() if task.comparable],
@@ -19,7 +20,7 @@ def expand_tasks(text: str) -> list[str]:
     for part in (p.strip().lower() for p in text.split(",") if p.strip()):
         if part in GROUPS:
             names += GROUPS[part]
-        elif part in ("passkey", PPL) or part in ruler.TASKS:
+        elif part in TASK_NAMES:
             names.append(part)
         else:
             valid = ", ".join(["passkey", PPL, *GROUPS, *ruler.TASKS])

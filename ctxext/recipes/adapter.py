@@ -9,16 +9,14 @@ and the evaluation), the tokenizer when there is one, and with ``merge`` a stand
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..api import extend
-from ..checkpoint import atomic_write
+from ..api import reapply
+from ..atomic import atomic_write, staged
+from ..config import ExtensionRecord
 from ..errors import CtxextError
 from ..rope_config import text_config
 from .recipe import Recipe
@@ -66,42 +64,18 @@ def wrap_with_lora(model: nn.Module, recipe: Recipe):
         raise CtxextError(f"recipe '{recipe.name}': peft cannot wrap {type(model).__name__} ({exc})") from None
 
 
-def apply_record(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    """Extend ``model`` exactly as a saved ``config.ctxext`` record says."""
-    return extend(model, record["method"], factor=record["factor"], original_length=record["original_length"],
-                  rope_layer_types=record["rope_layer_types"], replace=True, **record["params"])
-
-
-def _staging(out: Path) -> Path:
-    return Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-
-
-def _usual_mode(path: Path) -> None:
-    """Give a file made by mkstemp/mkdtemp (private) the mode the umask gives new files."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
 def save_adapter(peft_model, out: Path, meta: dict[str, Any], tokenizer=None) -> None:
     """Adapter (safetensors), tokenizer and ``ctxext.json`` into ``out``; each file replaced atomically."""
-    staging = _staging(out)
-    try:
+    with staged(out, merge=True) as staging:
         peft_model.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         (staging / "README.md").unlink(missing_ok=True)  # peft's empty model card template
-        for item in staging.iterdir():
-            _usual_mode(item)
-            os.replace(item, out / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     write_meta(out, meta)
 
 
 def write_meta(out: Path, meta: dict[str, Any]) -> None:
     atomic_write(out / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
-    _usual_mode(out / META)
 
 
 def read_meta(out: str | Path) -> dict[str, Any]:
@@ -114,19 +88,10 @@ def read_meta(out: str | Path) -> dict[str, Any]:
 def save_merged(merged: nn.Module, out: Path, tokenizer=None) -> Path:
     """Save a model with its adapter merged in (``merge_and_unload()``) as ``out/merged``."""
     target = out / MERGED
-    staging = _staging(out)
-    try:
+    with staged(target, replace=True) as staging:
         merged.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        for item in (staging, *staging.iterdir()):
-            _usual_mode(item)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
@@ -145,5 +110,5 @@ def load_finetuned(out: str | Path, base: str | Path | nn.Module | None = None, 
     if base is None:
         raise CtxextError(f"{out}: the base model was given as a loaded module; pass base=")
     model = base if isinstance(base, nn.Module) else from_pretrained(base, **kwargs)
-    apply_record(model, meta["extension"])
+    reapply(model, ExtensionRecord.from_dict(meta["extension"]))
     return PeftModel.from_pretrained(model, str(out))

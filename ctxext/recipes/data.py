@@ -24,7 +24,11 @@ def read_texts(path: str | Path) -> list[str]:
         texts = _dataset_texts(path)
     elif path.suffix == ".jsonl":
         texts = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise CtxextError(f"data {path}: not UTF-8 text") from None
+        for number, line in enumerate(lines, 1):
             if line.strip():
                 try:
                     texts.append(json.loads(line)["text"])
@@ -69,15 +73,28 @@ def token_ids(texts: list[str], tokenizer) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def check_token_tensor(data: torch.Tensor) -> None:
+    """Training data given as a tensor: whole, non-negative token ids."""
+    if data.dtype.is_floating_point or data.dtype.is_complex or data.dtype == torch.bool:
+        raise CtxextError(f"token ids must be a tensor of whole numbers, got {data.dtype}")
+    if data.numel() and int(data.min()) < 0:
+        raise CtxextError(f"token ids must not be negative, got {int(data.min())}")
+
+
 class WindowSampler:
     """Random windows of ``seq_len`` tokens from ``ids``, with dense or PoSE position ids."""
 
     def __init__(self, ids: torch.Tensor, seq_len: int, target_length: int, positions: str, chunks: int,
                  generator: torch.Generator):
-        if ids.numel() < seq_len + 1:
-            raise CtxextError(f"the training data has {ids.numel()} tokens, fewer than seq-len {seq_len} + 1")
+        self.check(ids, seq_len)
         self.ids, self.seq_len, self.target_length = ids, seq_len, target_length
         self.positions, self.chunks, self.generator = positions, chunks, generator
+
+    @staticmethod
+    def check(ids: torch.Tensor, seq_len: int) -> None:
+        """Refuse training data too short for one window (``finetune`` asks before the model loads)."""
+        if ids.numel() < seq_len + 1:
+            raise CtxextError(f"the training data has {ids.numel()} tokens, fewer than seq-len {seq_len} + 1")
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, position_ids), both ``size x seq_len``."""

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import CtxextError
+
 
 def pose_position_ids(
     seq_len: int, target_length: int, chunks: int = 2, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Position ids (1-D, int64) for one window: strictly increasing, from 0, all below ``target_length``."""
     if seq_len < 1 or chunks < 1:
-        raise ValueError(f"seq_len and chunks must be positive, got {seq_len} and {chunks}")
+        raise CtxextError(f"seq_len and chunks must be positive, got {seq_len} and {chunks}")
     if seq_len > target_length:
-        raise ValueError(f"seq_len {seq_len} is above the target length {target_length}")
+        raise CtxextError(f"seq_len {seq_len} is above the target length {target_length}")
     chunks = min(chunks, seq_len)
     cuts = torch.randperm(seq_len - 1, generator=generator)[: chunks - 1] + 1
     bounds = [0, *sorted(cuts.tolist()), seq_len]

@@ -2,22 +2,21 @@
 
 ``OUT/checkpoints/step-NNNNNNNN/`` holds the trainable weights (safetensors), the
 optimiser, scheduler, step and RNG states (``trainer_state.pt``) and the settings the run
-was started with, which a resumed run must match. Each checkpoint is written to a staging
-folder and renamed into place, so a crash never leaves half of one.
+was started with, which a resumed run must match. Each checkpoint is written through
+``atomic.staged``, so a crash never leaves half of one.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic import staged
 from ..errors import CtxextError
 
 CHECKPOINTS = "checkpoints"
@@ -32,9 +31,8 @@ def save_checkpoint(out: Path, step: int, peft_model, optimizer, scheduler, gene
 
     folder = out / CHECKPOINTS
     folder.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
     target = folder / f"step-{step:08d}"
-    try:
+    with staged(target, replace=True) as staging:
         weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}
         save_file(weights, staging / WEIGHTS)
         torch.save({
@@ -43,12 +41,6 @@ def save_checkpoint(out: Path, step: int, peft_model, optimizer, scheduler, gene
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], "extra": extra,
         }, staging / STATE)
         (staging / SETTINGS).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for old in checkpoints(out)[:-keep]:
         shutil.rmtree(old)
     return target

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +21,23 @@ from tqdm import tqdm
 
 from ..api import extend
 from ..checkpoint import ensure_new_output, resolve_model_path
+from ..config import ExtensionRecord
 from ..default_model import ALIAS
 from ..errors import CtxextError
-from ..rope_config import text_config
+from ..eval.checks import (
+    check_count,
+    check_device,
+    check_token_ids,
+    load_tokenizer,
+    load_weights,
+    model_config,
+    planned_extension,
+)
+from ..eval.perplexity import perplexity
 from .adapter import save_adapter, save_merged, wrap_with_lora, write_meta
-from .data import WindowSampler, read_texts, token_ids
-from .perplexity import perplexity
+from .data import WindowSampler, check_token_tensor, read_texts, token_ids
 from .recipe import Recipe, load_recipe
-from .state import checkpoints, load_checkpoint, save_checkpoint
+from .state import SETTINGS, checkpoints, load_checkpoint, save_checkpoint
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -85,31 +95,56 @@ def finetune(
         raise CtxextError(f"steps must be a positive integer, got {steps!r}")
     if precision not in PRECISIONS:
         raise CtxextError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_count(save_every, "save_every", minimum=0)
+    check_count(keep_checkpoints, "keep_checkpoints")
+    if eval_length is not None:
+        check_count(eval_length, "eval_length")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise CtxextError(f"seed must be a whole number, got {seed!r}")
     if importlib.util.find_spec("peft") is None:
         raise CtxextError("fine-tuning needs peft: pip install 'ctxext[train]'")
-    texts = None if isinstance(data, torch.Tensor) else read_texts(data)  # bad data fails before the model loads
+    device = check_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise CtxextError(f"precision bf16: the GPU {device} does not support bfloat16; use fp32")
+    # Every check that needs no model runs before it loads: the data, --out, the extension (planned on the
+    # model's config as extend() will apply it), seq-len against the target length, the tokens, --resume.
+    if isinstance(data, torch.Tensor):
+        check_token_tensor(data)
+        texts = None
+    else:
+        texts = read_texts(data)
     out = Path(out)
     _prepare_out(out, resume)
-
-    base_model = None
-    if not isinstance(model, nn.Module):
-        base_model, model, loaded_tokenizer = _load(model, with_tokenizer=tokenizer is None and texts is not None)
-        tokenizer = tokenizer or loaded_tokenizer
-    extend(model, method or recipe.method, factor=factor, target_length=target_length,
-           original_length=original_length, replace=replace, **(method_params or {}))
-    record = text_config(model.config).ctxext
-    target = record["target_length"]
+    loaded = isinstance(model, nn.Module)
+    location = None if loaded else resolve_model_path(model)
+    config = model.config if loaded else model_config(location)
+    method = method or recipe.method
+    plan = planned_extension(config, method, factor=factor, target_length=target_length,
+                             original_length=original_length, replace=replace, params=method_params)
+    target = plan.record.target_length
     if recipe.seq_len > target:
         raise CtxextError(f"seq-len {recipe.seq_len} is above the target length {target}")
     if texts is not None and tokenizer is None:
-        raise CtxextError("reading text data needs a tokenizer: pass tokenizer= or give token ids")
+        if loaded:
+            raise CtxextError("reading text data needs a tokenizer: pass tokenizer= or give token ids")
+        tokenizer = load_tokenizer(location)
     ids = data.flatten().long() if texts is None else token_ids(texts, tokenizer)
+    if ids.numel():
+        check_token_ids(int(ids.max()), config, "the training data")
     eval_length = (eval_length or target) if evaluate else None
     train_ids, eval_ids = _split(ids, recipe.seq_len, eval_length)
+    WindowSampler.check(train_ids, recipe.seq_len)
+    if resume:
+        _check_resume(out, _settings(recipe, plan.record, seed, precision, eval_length, ids), steps)
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    base_model = None
+    if not loaded:
+        base_model, model = _load(model)
+    extend(model, method, factor=factor, target_length=target_length, original_length=original_length,
+           replace=replace, **(method_params or {}))
+    record = ExtensionRecord.of(model.config)
     model.to(device)
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     if gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)
@@ -117,8 +152,7 @@ def finetune(
     generator = torch.Generator().manual_seed(seed)
     sampler = WindowSampler(train_ids, recipe.seq_len, target, recipe.positions, recipe.pose_chunks, generator)
     optimizer, scheduler = _optimizer(peft_model, recipe)
-    settings = {"recipe": dataclasses.asdict(recipe), "extension": record, "seed": seed, "precision": precision,
-                "eval_length": eval_length, "data_tokens": ids.numel()}
+    settings = _settings(recipe, record, seed, precision, eval_length, ids)
 
     start, extra = 0, {}
     if resume:
@@ -126,25 +160,28 @@ def finetune(
         if start >= steps:
             raise CtxextError(f"the last checkpoint is at step {start}; ask for more steps than that to resume")
     before = extra.get("perplexity_before")
-    if eval_ids is not None and before is None:
-        before = perplexity(peft_model, eval_ids.to(device), eval_length)
+    # the held-out tokens and the one before them: an eval window of eval_length positions scores every held-out token
+    held_out = None if eval_ids is None else torch.cat([train_ids[-1:], eval_ids]).to(device)
+    if held_out is not None and before is None:
+        before = perplexity(peft_model, held_out, eval_length)
 
     def checkpoint(step: int) -> None:
         if save_every and (step % save_every == 0 or step == steps):
             save_checkpoint(out, step, peft_model, optimizer, scheduler, generator, settings,
                             {"perplexity_before": before}, keep_checkpoints)
 
+    out.mkdir(exist_ok=True)  # (--resume: it exists) created only now that every check has passed
     losses, rate = _train(peft_model, sampler, recipe, optimizer, scheduler, range(start + 1, steps + 1), device,
                           bf16, progress, checkpoint)
     if gradient_checkpointing:
         model.activation_checkpointing_disable()
     peft_model.eval()
-    meta = {"base_model": base_model, "recipe": dataclasses.asdict(recipe), "extension": record, "steps": steps,
+    meta = {"base_model": base_model, "recipe": dataclasses.asdict(recipe), "extension": record.to_dict(), "steps": steps,
             "seed": seed, "eval": None}
     save_adapter(peft_model, out, meta, tokenizer)
     after = None
-    if eval_ids is not None:
-        after = perplexity(peft_model, eval_ids.to(device), eval_length)
+    if held_out is not None:
+        after = perplexity(peft_model, held_out, eval_length)
         meta["eval"] = {"length": eval_length, "perplexity_before": before, "perplexity_after": after}
         write_meta(out, meta)
     trained, merged = peft_model, None
@@ -187,28 +224,60 @@ def _train(peft_model, sampler, recipe, optimizer, scheduler, steps: range, devi
     return losses, tokens / max(time.perf_counter() - started, 1e-9)
 
 
+def _settings(recipe: Recipe, record: ExtensionRecord, seed: int, precision: str, eval_length: int | None,
+              ids: torch.Tensor) -> dict[str, Any]:
+    """What a checkpoint records of the run; ``--resume`` refuses a checkpoint whose settings differ."""
+    return {"recipe": dataclasses.asdict(recipe), "extension": record.to_dict(), "seed": seed, "precision": precision,
+            "eval_length": eval_length, "data_tokens": ids.numel()}
+
+
 def _prepare_out(out: Path, resume: bool) -> None:
+    """Check ``out`` (a new or empty folder, or with ``resume`` a run's folder); nothing is created here."""
     if resume:
         if not checkpoints(out):
             raise CtxextError(f"{out}: no checkpoint to resume from (a run writes them when given save_every)")
         return
     ensure_new_output(out)
-    out.mkdir(exist_ok=True)
 
 
-def _load(path: str | Path, with_tokenizer: bool):
-    """(recorded base name, model, tokenizer or None) for a model directory, GGUF file or alias."""
-    from transformers import AutoTokenizer
+def _check_resume(out: Path, settings: dict[str, Any], steps: int) -> None:
+    """``--resume`` refusals that need no model: other settings, or no steps left to run."""
+    last = checkpoints(out)[-1]
+    try:
+        saved = json.loads((last / SETTINGS).read_text())
+    except (OSError, ValueError) as exc:
+        raise CtxextError(f"cannot resume from {last}: its {SETTINGS} is unreadable ({exc})") from None
+    current = json.loads(json.dumps(settings))  # as a checkpoint stores them
+    if not isinstance(saved, dict):
+        raise CtxextError(f"cannot resume from {last}: its {SETTINGS} is not a ctxext checkpoint's")
+    differ = _differences(saved, current)
+    if differ:
+        details = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in differ)
+        raise CtxextError(f"cannot resume from {last}: it was made with other settings ({details})")
+    step = last.name.rpartition("-")[2]
+    if step.isdigit() and int(step) >= steps:
+        raise CtxextError(f"the last checkpoint is at step {int(step)}; ask for more steps than that to resume")
 
-    from ..api import from_pretrained
 
-    location = resolve_model_path(path)
-    model = from_pretrained(path, dtype=torch.float32)
+def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(name, saved value, current value) for each setting that differs; nested settings by their dotted name."""
+    found = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            found.append((prefix + key, old, new))
+    return found
+
+
+def _load(path: str | Path):
+    """(recorded base name, model) for a model directory, GGUF file or alias."""
+    model = load_weights(path, dtype=torch.float32)
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:  # GGUF weights arrive de-quantized; drop the marker so peft and saving see a plain model
         quantizer.remove_quantization_config(model)
-    tokenizer = AutoTokenizer.from_pretrained(location.directory, gguf_file=location.gguf_file) if with_tokenizer else None
-    return (ALIAS if str(path) == ALIAS else str(Path(path).resolve())), model, tokenizer
+    return (ALIAS if str(path) == ALIAS else str(Path(path).resolve())), model
 
 
 def _split(ids: torch.Tensor, seq_len: int, eval_length: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:

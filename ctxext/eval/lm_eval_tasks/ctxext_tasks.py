@@ -30,6 +30,7 @@ def dataset(task: str, **kwargs):
     """The docs of ``task`` (set by each YAML's ``dataset_kwargs``) for every length in the metadata."""
     import datasets
 
+    from ctxext.eval.constants import DEFAULT_DEPTHS
     from ctxext.eval.tasks import make_sample
 
     name = kwargs.get("tokenizer") or kwargs.get("pretrained")
@@ -41,7 +42,7 @@ def dataset(task: str, **kwargs):
     for length in kwargs.get("max_seq_lengths", [4096]):
         for index in range(int(kwargs.get("num_samples", 20))):
             sample = make_sample(task, tokenizer, int(length), index, int(kwargs.get("seed", 0)),
-                                 kwargs.get("depths", (0.0, 0.25, 0.5, 0.75, 1.0)))
+                                 kwargs.get("depths", DEFAULT_DEPTHS))
             docs.append({"input": sample.prompt, "outputs": sample.references, "metric": sample.metric,
                          "length": sample.length, "depth": sample.depth if sample.depth is not None else -1.0})
     return {"test": datasets.Dataset.from_list(docs)}

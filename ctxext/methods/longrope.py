@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..config import MethodConfig, param
 from ..errors import CtxextError
 from ..registry import RopeMethod, Scaling, register
-from .common import base_parameters
+from ._shared import base_parameters
 
 
 @dataclass

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 
 from ..attention.bands import Band, band_attention
 from ..attention.kernels import rotate
-from ..attention.runtime import AttentionRuntime, Call, register_implementation
-from ..config import MethodConfig, param
+from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
+from ..config import param
 from ..errors import CtxextError
-from .attention_common import register_attention, whole
+from ..registry import AttentionMethod, register
+from ._shared import whole
 
 
 @dataclass
-class StringConfig(MethodConfig):
+class StringConfig(AttentionConfig):
     shifted_offset: int | None = param(None, "S: distances >= S are shifted (default original length // 3)")
     local_value: int | None = param(None, "W: the distance S is scored as W (default 128, at most S // 2)")
 
@@ -49,10 +50,10 @@ class StringRuntime(AttentionRuntime):
         return band_attention(bands, call.q.shape[2], call.q0, call.scale, narrowest=self.shift - 1)
 
 
-register_attention(
-    "string",
-    StringConfig,
-    StringRuntime,
+register(AttentionMethod(
+    name="string",
+    config_class=StringConfig,
+    runtime=StringRuntime,
     summary="STRING: shift relative distances >= S down to W, inside and beyond the native length",
     paper="https://arxiv.org/abs/2410.18745",
-)
+))

@@ -1,13 +1,19 @@
-"""Small helpers shared by the attention-level method modules."""
+"""Helpers shared by the method modules (not a method: registers nothing)."""
 
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import Any
 
 from ..errors import CtxextError
-from ..registry import AttentionMethod, register
+
+# Keys of a layer type's rope parameters that describe the base rotation, not a scaling.
+BASE_KEYS = ("rope_theta", "partial_rotary_factor")
+
+
+def base_parameters(native: dict[str, Any]) -> dict[str, Any]:
+    """The native rope parameters without any scaling the checkpoint may have had."""
+    return {key: native[key] for key in BASE_KEYS if key in native}
 
 
 def whole(name: str, value, default: int, minimum: int = 1) -> int:
@@ -18,13 +24,3 @@ def whole(name: str, value, default: int, minimum: int = 1) -> int:
     if int(value) < minimum:
         raise CtxextError(f"parameter {name} must be at least {minimum}, got {int(value)}")
     return int(value)
-
-
-def key_positions(call) -> torch.Tensor:
-    """Absolute positions of the keys of a call (int64, on the call's device)."""
-    return call.position + torch.arange(call.k.shape[2], device=call.k.device)
-
-
-def register_attention(name: str, config_class, runtime, summary: str, paper: str, aliases=()) -> None:
-    register(AttentionMethod(name=name, config_class=config_class, summary=summary, paper=paper, runtime=runtime,
-                             aliases=tuple(aliases)))

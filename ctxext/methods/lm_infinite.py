@@ -16,14 +16,15 @@ from dataclasses import dataclass
 
 from ..attention.bands import Band, band_attention
 from ..attention.kernels import rotate
-from ..attention.runtime import AttentionRuntime, Call, register_implementation
-from ..config import MethodConfig, param
+from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
+from ..config import param
 from ..errors import CtxextError
-from .attention_common import key_positions, register_attention, whole
+from ..registry import AttentionMethod, register
+from ._shared import whole
 
 
 @dataclass
-class LMInfiniteConfig(MethodConfig):
+class LMInfiniteConfig(AttentionConfig):
     n_global: int = param(10, "leading tokens every query sees (default 10)")
     window: int | None = param(None, "local window in tokens (default the original length)")
 
@@ -41,7 +42,7 @@ class LMInfiniteRuntime(AttentionRuntime):
 
     def attend(self, call: Call):
         g = min(self.n_global, call.k.shape[2])
-        positions = key_positions(call)
+        positions = call.key_positions
         k_global, v_global = call.k[:, :, :g], call.v[:, :, :g]
         at_origin = rotate(k_global, -positions[:g].float(), call.inv_freq)
         at_cap = rotate(call.q, self.cap - positions[call.q0 :].float(), call.inv_freq)
@@ -57,11 +58,11 @@ class LMInfiniteRuntime(AttentionRuntime):
         return band_attention(bands, call.q.shape[2], call.q0, call.scale, narrowest=self.window - 1)
 
 
-register_attention(
-    "lm-infinite",
-    LMInfiniteConfig,
-    LMInfiniteRuntime,
+register(AttentionMethod(
+    name="lm-infinite",
+    config_class=LMInfiniteConfig,
+    runtime=LMInfiniteRuntime,
     summary="LM-Infinite: Lambda mask (global tokens + local window), distances capped at L",
     paper="https://arxiv.org/abs/2308.16137",
     aliases=("lminfinite",),
-)
+))

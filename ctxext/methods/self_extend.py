@@ -18,14 +18,15 @@ from dataclasses import dataclass
 
 from ..attention.bands import Band, band_attention
 from ..attention.kernels import rotate
-from ..attention.runtime import AttentionRuntime, Call, register_implementation
-from ..config import MethodConfig, param
+from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
+from ..config import param
 from ..errors import CtxextError
-from .attention_common import key_positions, register_attention, whole
+from ..registry import AttentionMethod, register
+from ._shared import whole
 
 
 @dataclass
-class SelfExtendConfig(MethodConfig):
+class SelfExtendConfig(AttentionConfig):
     group_size: int | None = param(None, "G: positions beyond the window are floor-divided by G (default from the factor)")
     window: int | None = param(None, "W: neighbour window with exact positions (default original length // 4)")
 
@@ -47,7 +48,7 @@ class SelfExtendRuntime(AttentionRuntime):
         return positions // self.group
 
     def attend(self, call: Call):
-        positions = key_positions(call)
+        positions = call.key_positions
         near_start = max(0, call.q0 - self.window + 1)
         near_positions = positions[near_start:]
         k_near = rotate(call.k[:, :, near_start:], near_positions - near_positions // self.group, call.inv_freq)
@@ -62,11 +63,11 @@ class SelfExtendRuntime(AttentionRuntime):
         return band_attention(bands, call.q.shape[2], call.q0, call.scale, narrowest=self.window - 1)
 
 
-register_attention(
-    "self-extend",
-    SelfExtendConfig,
-    SelfExtendRuntime,
+register(AttentionMethod(
+    name="self-extend",
+    config_class=SelfExtendConfig,
+    runtime=SelfExtendRuntime,
     summary="SelfExtend: exact positions in a neighbour window, floor(pos / G) grouped positions beyond",
     paper="https://arxiv.org/abs/2401.01325",
     aliases=("selfextend",),
-)
+))

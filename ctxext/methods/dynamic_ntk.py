@@ -9,7 +9,7 @@ length silently switches the scaling off. This patch therefore leaves
 ``config.ctxext``. Known limit (shared with transformers): the KV cache holds keys rotated
 with the base of the step they were computed at, so during generation beyond L older keys
 keep a slightly smaller base than new queries. Through ctxext, the scale depends on the
-current input only (see :mod:`ctxext.patches.dynamic`).
+current input only (see :mod:`ctxext.methods._dynamic`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from ..config import MethodConfig, param
 from ..errors import CtxextError
 from ..registry import RopeMethod, Scaling, register
-from .common import base_parameters
-from .dynamic import make_history_independent
+from ._shared import base_parameters
+from ._dynamic import make_history_independent
 
 
 @dataclass

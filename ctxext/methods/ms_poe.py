@@ -24,14 +24,15 @@ import torch
 
 from ..attention.bands import Band, band_attention
 from ..attention.kernels import rotate
-from ..attention.runtime import AttentionRuntime, Call, register_implementation
-from ..config import MethodConfig, param
+from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
+from ..config import param
 from ..errors import CtxextError
-from .attention_common import register_attention, whole
+from ..registry import AttentionMethod, register
+from ._shared import whole
 
 
 @dataclass
-class MsPoEConfig(MethodConfig):
+class MsPoEConfig(AttentionConfig):
     min_ratio: float = param(1.2, "smallest position scaling ratio (the most position-aware head)")
     max_ratio: float = param(1.8, "largest position scaling ratio (the least position-aware head)")
     start_layer: int = param(2, "first layer scaled; earlier layers keep their positions (default 2)")
@@ -119,11 +120,11 @@ class MsPoERuntime(AttentionRuntime):
         return band_attention(bands, q.shape[2], call.q0, call.scale)
 
 
-register_attention(
-    "ms-poe",
-    MsPoEConfig,
-    MsPoERuntime,
+register(AttentionMethod(
+    name="ms-poe",
+    config_class=MsPoEConfig,
+    runtime=MsPoERuntime,
     summary="Ms-PoE: per-head position scaling 1.2-1.8 ranked by position awareness (lost in the middle)",
     paper="https://arxiv.org/abs/2403.04797",
     aliases=("mspoe",),
-)
+))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..config import MethodConfig
 from ..registry import RopeMethod, Scaling, register
-from .common import base_parameters
+from ._shared import base_parameters
 
 
 @dataclass

@@ -7,7 +7,8 @@ uses i mod s against keys of its own chunk, min(i mod s + s, c) against the prev
 chunk, and c against older chunks, so every distance stays below c. The three parts are
 merged by log-sum-exp. Defaults: c = 3L/4, w = L/8 (the paper's). ``temperature`` adds the
 reference's logit scale (0.05 ln(l/L) + 1)^2 for total length l > L; it is refused on top of
-a rope that already has an attention factor (YaRN), so two temperatures are never stacked.
+a rope that already has an attention factor (YaRN), and together with ``log_scaling``, so two
+temperatures are never stacked.
 
 The rotary module is fed positions mod s, so cached keys are already at their DCA positions
 and the queries are re-rotated by per-query offsets: decoding needs no key re-rotation.
@@ -23,14 +24,15 @@ import torch
 from ..attention import bands as blockwise
 from ..attention.bands import Band, band_attention
 from ..attention.kernels import rotate
-from ..attention.runtime import AttentionRuntime, Call, register_implementation
-from ..config import MethodConfig, param
+from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
+from ..config import param
 from ..errors import CtxextError
-from .attention_common import register_attention, whole
+from ..registry import AttentionMethod, register
+from ._shared import whole
 
 
 @dataclass
-class DCAConfig(MethodConfig):
+class DCAConfig(AttentionConfig):
     chunk_size: int | None = param(None, "c: largest distance used (default 3/4 of the original length)")
     local_window: int | None = param(None, "w: overlap kept by the successive-chunk part (default original length / 8)")
     temperature: bool = param(False, "scale logits by (0.05 ln(l/L) + 1)^2 beyond the original length (default off)")
@@ -51,6 +53,8 @@ class DCARuntime(AttentionRuntime):
         self.stride = self.chunk - self.local
         if not isinstance(config.temperature, bool):
             raise CtxextError(f"parameter temperature must be true or false, got {config.temperature!r}")
+        if config.temperature and self.log_scaling:
+            raise CtxextError("DCA's temperature and log_scaling would stack two temperatures; choose one")
 
     def install(self, model):
         super().install(model)
@@ -89,11 +93,11 @@ class DCARuntime(AttentionRuntime):
         return band_attention(bands, n, call.q0, scale, blocks)
 
 
-register_attention(
-    "dca",
-    DCAConfig,
-    DCARuntime,
+register(AttentionMethod(
+    name="dca",
+    config_class=DCAConfig,
+    runtime=DCARuntime,
     summary="Dual Chunk Attention: intra/successive/inter-chunk positions, all distances below the chunk size",
     paper="https://arxiv.org/abs/2402.17463",
     aliases=("dual-chunk",),
-)
+))

@@ -3,7 +3,7 @@
 From the YaRN reference implementation (not a transformers rope type). Registered as the
 rope type ``ctxext_dynamic_yarn`` in transformers' ``ROPE_INIT_FUNCTIONS`` when ctxext is
 imported; the name contains "dynamic" so transformers' own dynamic update recomputes it as
-the length grows; ctxext's pre-hook (:mod:`ctxext.patches.dynamic`) also resets the
+the length grows; ctxext's pre-hook (:mod:`ctxext.methods._dynamic`) also resets the
 temperature, which transformers' update does not. Load such checkpoints with
 ``ctxext.from_pretrained``. Not available for per-layer-type rope configs (Gemma 3),
 where transformers' update does not track per-layer temperatures.
@@ -19,8 +19,8 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from ..config import MethodConfig, param
 from ..errors import CtxextError
 from ..registry import RopeMethod, Scaling, register
-from .common import base_parameters
-from .dynamic import make_history_independent
+from ._shared import base_parameters
+from ._dynamic import make_history_independent
 from .yarn import yarn_inv_freq, yarn_mscale
 
 ROPE_TYPE = "ctxext_dynamic_yarn"
@@ -44,7 +44,7 @@ class DynamicYarnConfig(MethodConfig):
 def compute_dynamic_yarn_parameters(config, device=None, seq_len=None, layer_type=None):
     """transformers rope-init function for ``ctxext_dynamic_yarn``."""
     if layer_type is not None:
-        raise ValueError("ctxext_dynamic_yarn does not support per-layer-type rope parameters")
+        raise CtxextError("ctxext_dynamic_yarn does not support per-layer-type rope parameters")
     rope = config.rope_parameters
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     rotary_dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))

@@ -1,0 +1,46 @@
+"""What ``ctxext info`` shows about a checkpoint: architecture, rotary setup, lengths, patch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .checkpoint import resolve_model_path
+from .config import ExtensionRecord
+from .rope_config import read_rope_setup, text_config
+
+
+def describe(model: str | Path) -> list[tuple[str, str]]:
+    """(label, value) rows describing a model directory, GGUF file or the default model."""
+    from transformers import AutoConfig
+
+    location = resolve_model_path(model)
+    config = AutoConfig.from_pretrained(location.directory, gguf_file=location.gguf_file)
+    tconfig = text_config(config)
+    setup = read_rope_setup(tconfig)
+    record = ExtensionRecord.of(config)
+    if location.gguf_file is not None:
+        from .gguf_export import gguf_record
+
+        record = gguf_record(location.directory / location.gguf_file)
+    kv_heads = getattr(tconfig, "num_key_value_heads", None) or tconfig.num_attention_heads
+    rows = [
+        ("model", str(location.directory / (location.gguf_file or ""))),
+        ("architecture", f"{', '.join(getattr(config, 'architectures', None) or []) or '?'} "
+                         f"(model_type {setup.model_type})"),
+        ("layers", f"{tconfig.num_hidden_layers}, heads {tconfig.num_attention_heads}, kv heads {kv_heads}, "
+                   f"head_dim {setup.head_dim}"),
+    ]
+    for layer_type, params in setup.parameters.items():
+        extra = {k: v for k, v in params.items() if k not in ("rope_type", "rope_theta")}
+        rows.append((f"rope[{layer_type}]" if layer_type else "rope",
+                     f"type {params.get('rope_type', 'default')}, theta {params.get('rope_theta')}, "
+                     f"rotary dim {setup.rotary_dim(layer_type)}" + (f", {json.dumps(extra)}" if extra else "")))
+    if record is None:
+        return rows + [("native length", str(setup.native_length)), ("ctxext patch", "none")]
+    return rows + [
+        ("native length", str(record.original_length)),
+        ("extended length", str(record.target_length)),
+        ("ctxext patch", f"{record.method} x{record.factor:g}, params {json.dumps(record.params)}, "
+                         f"ctxext {record.version}"),
+    ]
