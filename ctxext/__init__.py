@@ -6,6 +6,7 @@
     model = ctxext.from_pretrained("path/to/patched")
     ctxext.patch_directory("path/to/model", "yarn", factor=4)   # config.json only
     ctxext.patch_gguf("model.gguf", "out_dir", "yarn", factor=4)  # a new safetensors directory
+    ctxext.probe("path/to/model").effective_length              # effective retrieval length
 """
 
 from . import methods  # noqa: F401  (registers the methods)
@@ -27,8 +28,18 @@ __all__ = [
     "patch",
     "patch_directory",
     "patch_gguf",
+    "probe",
     "reapply",
     "restore",
     "unpatch_directory",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """``ctxext.probe`` (``ctxext.eval.probe.probe``), imported on first use: the evaluation loads only when used."""
+    if name == "probe":
+        from .eval.probe import probe
+
+        return probe
+    raise AttributeError(f"module 'ctxext' has no attribute {name!r}")

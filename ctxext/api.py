@@ -116,9 +116,13 @@ def is_extended(model: nn.Module) -> bool:
 
 
 def reapply(model: nn.Module, record: ExtensionRecord) -> nn.Module:
-    """Extend ``model`` exactly as a saved record says (replacing any extension it has)."""
-    return extend(model, record.method, factor=record.factor, original_length=record.original_length,
-                  rope_layer_types=record.rope_layer_types, replace=True, **record.params)
+    """Extend ``model`` exactly as a saved record says (replacing any extension it has); a measured
+    effective length in the record is kept in the model's config."""
+    extend(model, record.method, factor=record.factor, original_length=record.original_length,
+           rope_layer_types=record.rope_layer_types, replace=True, **record.params)
+    if record.effective_length is not None:
+        text_config(model.config).ctxext["effective_length"] = record.effective_length
+    return model
 
 
 def from_pretrained(path: str | Path, **kwargs: Any) -> nn.Module:

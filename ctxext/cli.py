@@ -1,4 +1,4 @@
-"""The ``ctxext`` command line: patch, unpatch, info, methods, passkey, eval, finetune.
+"""The ``ctxext`` command line: patch, unpatch, info, methods, passkey, probe, eval, finetune.
 
 Each subcommand parses its flags, makes one library call and prints the result; the work
 lives in the library (``patching``, ``info``, ``eval``, ``recipes``). Every bad input ends
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CtxextError
-from .eval.constants import DEFAULT_DEPTHS
+from .eval.constants import DEFAULT_DEPTHS, THRESHOLD
 from .info import describe
 from .patching import DTYPES, patch, unpatch_directory
 from .registry import all_methods
@@ -111,6 +111,18 @@ def _add_seed(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
+def _add_depths(p, allow_random: bool) -> None:
+    extra = ", or 'random'" if allow_random else ""
+    p.add_argument("--depths", default=",".join(f"{d:g}" for d in DEFAULT_DEPTHS),
+                   help=f"needle depths for passkey and single-needle tasks, cycled over samples{extra} "
+                        f"(default {','.join(f'{d:g}' for d in DEFAULT_DEPTHS)})")
+
+
+def _add_threshold(p) -> None:
+    p.add_argument("--threshold", type=float, default=THRESHOLD,
+                   help=f"score (0-100) the effective length's lengths must stay above (default {THRESHOLD:g}, RULER's)")
+
+
 def _add_method_parameters(p) -> None:
     group = p.add_argument_group("method parameters")
     for name, (f, methods, kind) in sorted(_method_parameters().items()):
@@ -163,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("info", help="architecture, rotary setup, native/extended length, ctxext patch")
     _add_model(p)
     _add_passkey_parser(commands)
+    _add_probe_parser(commands)
     _add_eval_parser(commands)
     _add_finetune_parser(commands)
     return parser
@@ -179,13 +192,12 @@ def _add_eval_parser(commands) -> None:
                    "or single RULER-style tasks (niah_single_1, vt, cwe, ...) (default passkey)")
     p.add_argument("--lengths", default="4k", help="comma-separated prompt lengths / ppl windows, e.g. 4k,8k,16k")
     p.add_argument("--samples", type=int, default=5, help="samples per task and length (default 5)")
-    p.add_argument("--depths", default=",".join(f"{d:g}" for d in DEFAULT_DEPTHS),
-                   help="needle depths for passkey and single-needle tasks, cycled over samples, or 'random'")
+    _add_depths(p, allow_random=True)
     _add_seed(p)
     p.add_argument("--out", type=Path, default=Path("eval-report"), help="report directory; rerun to resume")
     _add_runtime(p)
     _add_replace(p)
-    p.add_argument("--threshold", type=float, default=85.6, help="score for RULER's effective length (default 85.6)")
+    _add_threshold(p)
     p.add_argument("--ppl-stride", type=int, default=256, help="sliding-window stride (default 256)")
     p.add_argument("--ppl-windows", type=int, default=1, help="sliding windows per length (default 1)")
     p.add_argument("--ppl-bucket", type=int, default=1024, help="position bucket for NLL per position (default 1024)")
@@ -195,6 +207,26 @@ def _add_eval_parser(commands) -> None:
     p.add_argument("--lm-eval-tasks", help="comma-separated lm-eval tasks (ours: ctxext_passkey, ctxext_ruler, ...)")
     p.add_argument("--lm-eval-limit", type=int, help="lm-eval documents per task")
     _add_method_parameters(p)
+
+
+def _add_probe_parser(commands) -> None:
+    p = commands.add_parser("probe", help="effective retrieval length: passkey and niah_single_1 on a ladder of "
+                                          "lengths up to the model's context length")
+    _add_model(p)
+    ladder = p.add_mutually_exclusive_group()
+    ladder.add_argument("--lengths", help="comma-separated lengths, e.g. 1k,2k,4k, instead of the default ladder "
+                        "(L/8, L/4, L/2, 3L/4, L of the context length L, without those too short for the prompts)")
+    ladder.add_argument("--beyond", type=float, metavar="X",
+                        help="continue the default ladder past L in steps of L/2 up to X x L (e.g. 2)")
+    _add_depths(p, allow_random=False)
+    p.add_argument("--samples", type=int, default=2, help="keys per depth (default 2): depths x samples prompts "
+                   "per task and length")
+    _add_threshold(p)
+    _add_seed(p)
+    p.add_argument("--out", type=Path, help="run directory (default probe-<model name>); rerun to resume")
+    _add_runtime(p)
+    p.add_argument("--record", action="store_true", help="store the effective length in MODEL's ctxext patch "
+                   "record (config.json of a patched directory), where 'ctxext info' shows it")
 
 
 def _add_finetune_parser(commands) -> None:
@@ -292,6 +324,18 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .eval.cli_args import parse_depths
+    from .eval.lengths import parse_lengths
+    from .eval.probe import probe
+
+    result = probe(args.model, out=args.out, lengths=parse_lengths(args.lengths) if args.lengths else None,
+                   beyond=args.beyond, depths=parse_depths(args.depths, allow_random=False), samples=args.samples,
+                   threshold=args.threshold, seed=args.seed, dtype=args.dtype, device=args.device, record=args.record)
+    print("\n".join(result.lines()))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.cli_args import config_from_args
     from .eval.runner import run
@@ -323,7 +367,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"patch": cmd_patch, "unpatch": cmd_unpatch, "methods": cmd_methods, "info": cmd_info,
-            "passkey": cmd_passkey, "eval": cmd_eval, "finetune": cmd_finetune}
+            "passkey": cmd_passkey, "probe": cmd_probe, "eval": cmd_eval, "finetune": cmd_finetune}
 
 
 def _interrupt(_signum, _frame) -> None:

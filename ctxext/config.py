@@ -61,7 +61,9 @@ class ExtensionRecord:
     """What ctxext stores under ``config.ctxext``.
 
     ``replaced`` holds the config fields the patch overwrote, with their original values,
-    so that ``restore()`` and ``ctxext unpatch`` can put them back.
+    so that ``restore()`` and ``ctxext unpatch`` can put them back. ``effective_length``, when
+    known, is what ``ctxext probe --record`` measured on the patched checkpoint (records
+    written before it existed have none; a record without one leaves it out of config.json).
     """
 
     method: str
@@ -72,9 +74,13 @@ class ExtensionRecord:
     rope_layer_types: list[str] | None
     replaced: dict[str, Any]
     version: str
+    effective_length: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["effective_length"] is None:
+            del data["effective_length"]
+        return data
 
     @classmethod
     def of(cls, config: Any) -> "ExtensionRecord | None":
@@ -87,6 +93,11 @@ class ExtensionRecord:
         if not isinstance(data, dict):
             raise CtxextError(f"config.ctxext is not a valid ctxext record (got {type(data).__name__})")
         try:
-            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+            record = cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)
+                            if f.name in data or f.default is dataclasses.MISSING})
         except (KeyError, TypeError) as exc:
             raise CtxextError(f"config.ctxext is not a valid ctxext record ({exc})") from None
+        length = record.effective_length
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+            raise CtxextError(f"config.ctxext is not a valid ctxext record (effective_length {length!r})")
+        return record

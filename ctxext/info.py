@@ -1,13 +1,24 @@
-"""What ``ctxext info`` shows about a checkpoint: architecture, rotary setup, lengths, patch."""
+"""What ``ctxext info`` shows about a checkpoint: architecture, rotary setup, lengths, patch
+(with the effective length ``ctxext probe --record`` measured, when known)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from .checkpoint import resolve_model_path
+from .checkpoint import ModelLocation, resolve_model_path
 from .config import ExtensionRecord
 from .rope_config import read_rope_setup, text_config
+
+
+def location_record(location: ModelLocation, config: Any) -> ExtensionRecord | None:
+    """The ctxext record of a checkpoint: its config's (a directory) or its metadata's (a GGUF file)."""
+    if location.gguf_file is not None:
+        from .gguf_export import gguf_record
+
+        return gguf_record(location.directory / location.gguf_file)
+    return ExtensionRecord.of(config)
 
 
 def describe(model: str | Path) -> list[tuple[str, str]]:
@@ -18,11 +29,7 @@ def describe(model: str | Path) -> list[tuple[str, str]]:
     config = AutoConfig.from_pretrained(location.directory, gguf_file=location.gguf_file)
     tconfig = text_config(config)
     setup = read_rope_setup(tconfig)
-    record = ExtensionRecord.of(config)
-    if location.gguf_file is not None:
-        from .gguf_export import gguf_record
-
-        record = gguf_record(location.directory / location.gguf_file)
+    record = location_record(location, config)
     kv_heads = getattr(tconfig, "num_key_value_heads", None) or tconfig.num_attention_heads
     rows = [
         ("model", str(location.directory / (location.gguf_file or ""))),
@@ -38,9 +45,12 @@ def describe(model: str | Path) -> list[tuple[str, str]]:
                      f"rotary dim {setup.rotary_dim(layer_type)}" + (f", {json.dumps(extra)}" if extra else "")))
     if record is None:
         return rows + [("native length", str(setup.native_length)), ("ctxext patch", "none")]
-    return rows + [
+    rows += [
         ("native length", str(record.original_length)),
         ("extended length", str(record.target_length)),
         ("ctxext patch", f"{record.method} x{record.factor:g}, params {json.dumps(record.params)}, "
                          f"ctxext {record.version}"),
     ]
+    if record.effective_length is not None:
+        rows.append(("effective length", f"{record.effective_length} (measured by ctxext probe)"))
+    return rows

@@ -8,6 +8,8 @@ de-quantized, extended and saved as a new safetensors directory (any other outpu
 ``patch`` picks between them for a path. Every check runs before anything is
 written; writes are atomic (see ``atomic.py``); the original config.json is kept byte for
 byte beside the patched one so that ``unpatch_directory`` gives it back.
+``record_effective_length`` adds a measured effective length (``ctxext probe --record``)
+to a patched directory's record.
 """
 
 from __future__ import annotations
@@ -211,6 +213,49 @@ def unpatch_directory(directory: str | Path) -> str:
     check_writable(directory)
     with exclusive(directory):
         return unpatch_config(directory, record)
+
+
+def recordable_config(model: str | Path) -> tuple[Path, bytes]:
+    """(directory, config.json bytes) of a model whose patch record can take an effective length.
+
+    Only a ctxext-patched model directory has one: a directory without a record is refused (an
+    effective length belongs to the patch it was measured with, and ``unpatch`` takes it away with
+    the patch), and so is a GGUF file (never rewritten in place). Nothing is written.
+    """
+    location = resolve_model_path(model)
+    if location.gguf_file is not None:
+        raise CtxextError(f"{model}: a GGUF file is never rewritten in place, so it cannot record an effective "
+                          "length; probe a patched model directory, or keep the length from probe.json")
+    directory = location.directory
+    raw, data = read_config_json(directory)
+    if ExtensionRecord.of(data) is None:
+        raise CtxextError(f"{directory}: config.json carries no ctxext patch to record the effective length in "
+                          "(it is kept only with a patch; the probe's probe.json has it)")
+    check_writable(directory)
+    return directory, raw
+
+
+def record_effective_length(model: str | Path, effective_length: int | None, *,
+                            expected: bytes | None = None) -> Path:
+    """Store ``effective_length`` (None: not known) in a patched directory's record; returns config.json's path.
+
+    Only the record's ``effective_length`` changes, written atomically with the other patch writes'
+    writer. ``expected``: config.json as it was when the measurement started; if it changed since,
+    nothing is written (the length would belong to another config).
+    """
+    if effective_length is not None and (isinstance(effective_length, bool) or not isinstance(effective_length, int)
+                                         or effective_length < 1):
+        raise CtxextError(f"an effective length is a positive whole number of tokens, got {effective_length!r}")
+    directory, raw = recordable_config(model)
+    with exclusive(directory):
+        raw, data = read_config_json(directory)
+        if expected is not None and raw != expected:
+            raise CtxextError(f"{directory / 'config.json'} changed while the model was probed; "
+                              "effective length not recorded")
+        record = ExtensionRecord.of(data)
+        record.effective_length = effective_length
+        write_patched_config(directory, None, {**data, "ctxext": record.to_dict()})
+    return directory / "config.json"
 
 
 def _check_options(config, method: str, *, factor=None, target_length=None, original_length=None, replace=False,

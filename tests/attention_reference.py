@@ -89,6 +89,8 @@ class DenseReference:
             else:
                 dist, extra = distances(self.method, p, self.params, self.length)
                 dist = dist.expand(hq, n, n)
+            if self.method == "string" and self.params.get("reference_scale"):  # cos and sin times 1 + 0.1 ln 2
+                logit_scale = logit_scale * (1 + 0.1 * math.log(2)) ** 2
             if self.method == "dca" and self.params.get("temperature"):
                 total = int(p[real].max()) + 1
                 if total > self.length:

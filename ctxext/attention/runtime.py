@@ -156,6 +156,10 @@ class AttentionRuntime:
         self.log_scaling = bool(getattr(config, "log_scaling", False))
         if self.log_scaling and scaling.original_length < 2:
             raise CtxextError(f"log_scaling needs an original length of at least 2, got {scaling.original_length}")
+        self.temperatures = [name for name in (self.temperature_option(config), self.log_scaling and "log_scaling")
+                             if name]
+        if len(self.temperatures) > 1:
+            raise CtxextError(f"{' and '.join(self.temperatures)} would stack two temperatures; choose one")
         self.positions: torch.Tensor | None = None
         self._hooks: list[Any] = []
         self._attention_modules: list[nn.Module] = []
@@ -171,6 +175,10 @@ class AttentionRuntime:
         """Attention output (b, hq, n, d) for one padding-free call."""
         raise NotImplementedError
 
+    def temperature_option(self, config: Any) -> str | None:
+        """The name of the method's own option that scales the logits, when it is on (never stacked)."""
+        return None
+
     def prepare(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, groups: list[RowGroup], scale: float) -> None:
         """Hook before the per-row calls of one layer (Ms-PoE uses it); nothing by default."""
 
@@ -185,8 +193,8 @@ class AttentionRuntime:
         if len(rotary) != 1:
             raise CtxextError("attention-level methods need a model with a single rotary embedding module")
         self.rotary = rotary[0][2]
-        if self.log_scaling and float(getattr(self.rotary, "attention_scaling", 1.0)) != 1.0:
-            raise CtxextError("log_scaling would stack on the rope's own attention factor; leave it off")
+        if self.temperatures and float(getattr(self.rotary, "attention_scaling", 1.0)) != 1.0:
+            raise CtxextError(f"{self.temperatures[0]} would stack on the rope's own attention factor; leave it off")
         attention_modules = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "config")
                              and type(m).__name__.endswith("Attention")]
         if not attention_modules:

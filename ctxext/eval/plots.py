@@ -20,7 +20,7 @@ def _save(fig, path: Path) -> Path:
     """The figure as a PNG at ``path``, written atomically (never half a picture)."""
     buffer = io.BytesIO()
     try:
-        fig.savefig(buffer, format="png", dpi=100)
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
     atomic_write(path, buffer.getvalue())

@@ -65,9 +65,12 @@ def _header(config, meta: dict, methods: list[str]) -> list[str]:
     extension = f"factor {config.factor:g}" if config.factor else f"target length {config.target_length}"
     params = f", parameters {json.dumps(config.params)}" if config.params else ""
     depths = "random" if config.depths is None else ", ".join(f"{d:g}" for d in config.depths)
+    baseline = f"{BASELINE} (before)"
+    if config.as_loaded:
+        baseline = f"{BASELINE} = the model as it loads (a ctxext patch of its checkpoint kept)"
     rows = [
         ("model", f"`{config.model}`"),
-        ("methods", f"{BASELINE} (before); " + (", ".join(methods[1:]) + f" ({extension}{params})" if methods[1:] else "none")),
+        ("methods", f"{baseline}; " + (", ".join(methods[1:]) + f" ({extension}{params})" if methods[1:] else "none")),
         ("native / extended length", f"{meta['native_length']} / {meta['extended_length']} tokens"),
         ("lengths", ", ".join(format_length(L) for L in config.lengths)),
         ("tasks", ", ".join(config.tasks)),

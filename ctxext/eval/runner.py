@@ -38,7 +38,7 @@ from .checks import (
     one_line,
     planned_extension,
 )
-from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL
+from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL, THRESHOLD
 from .generation import greedy_generate
 from .lm_eval_bridge import evaluate, require_lm_eval, task_manager
 from .passkey import PasskeyResult, run_samples
@@ -69,9 +69,12 @@ class EvalConfig:
     ppl_bucket: int = 1024
     text_file: str | None = None
     text_dataset: str | None = None
-    threshold: float = 85.6
+    threshold: float = THRESHOLD
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_limit: int | None = None
+    # the baseline is the model as it loads, a ctxext patch of its checkpoint kept (``ctxext probe``);
+    # otherwise that patch is taken off, so the baseline is the unpatched model (before / after)
+    as_loaded: bool = False
 
     def settings(self) -> dict:
         """What the logged records depend on; a resumed run must agree on all of it."""
@@ -79,6 +82,8 @@ class EvalConfig:
                 "ppl_bucket", "text_file", "text_dataset", "lm_eval_limit")
         values = {k: getattr(self, k) for k in keys}
         values["depths"] = list(values["depths"]) if values["depths"] is not None else None
+        if self.as_loaded:  # only when set, so that runs from before the field resume as they were
+            values["as_loaded"] = True
         return values
 
 
@@ -203,6 +208,8 @@ def build_samples(config: EvalConfig, tokenizer, model_config, todo) -> dict[tup
 
 
 def apply_method(model, method: str, config: EvalConfig) -> None:
+    if method == BASELINE and config.as_loaded:
+        return
     if is_extended(model):
         restore(model)
     if method != BASELINE:
@@ -241,6 +248,8 @@ def lengths_of(model, config: EvalConfig) -> tuple[int, int]:
     """(native length, extended length) of the model under this run's extension."""
     record = ExtensionRecord.of(model.config)
     native = record.original_length if record else read_rope_setup(text_config(model.config)).native_length
+    if config.as_loaded and record and not config.methods:
+        return native, record.target_length
     if config.target_length:
         return native, config.target_length
     return native, round(native * config.factor) if config.factor else native

@@ -27,6 +27,12 @@ def effective_length(scores: dict[int, float], threshold: float) -> int | None:
     return best
 
 
+def task_average(scores: dict[str, dict[int, float]], tasks: list[str], lengths: list[int]) -> dict[int, float]:
+    """{length: mean score over ``tasks``} at each length every one of ``tasks`` has a score for
+    (``scores``: task -> {length -> score}, one method's)."""
+    return {L: mean(scores[t][L] for t in tasks) for L in lengths if all(L in scores[t] for t in tasks)}
+
+
 def summarize(records: list[dict], methods: list[str], tasks: list[str], lengths: list[int],
               depth_grid: list[float], threshold: float) -> dict:
     by_key: dict[tuple, list[dict]] = defaultdict(list)
@@ -37,8 +43,7 @@ def summarize(records: list[dict], methods: list[str], tasks: list[str], lengths
     ruler_tasks = [t for t in tasks if t in ruler.TASKS]
     summary: dict = {"scores": scores, "threshold": threshold, "ruler_tasks": ruler_tasks}
     if ruler_tasks:
-        average = {m: {L: mean(scores[m][t][L] for t in ruler_tasks) for L in lengths
-                       if all(L in scores[m][t] for t in ruler_tasks)} for m in methods}
+        average = {m: task_average(scores[m], ruler_tasks, lengths) for m in methods}
         summary["ruler_average"] = average
         summary["effective_length"] = {m: effective_length(average[m], threshold) for m in methods}
     if "passkey" in tasks:

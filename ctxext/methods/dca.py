@@ -53,14 +53,9 @@ class DCARuntime(AttentionRuntime):
         self.stride = self.chunk - self.local
         if not isinstance(config.temperature, bool):
             raise CtxextError(f"parameter temperature must be true or false, got {config.temperature!r}")
-        if config.temperature and self.log_scaling:
-            raise CtxextError("DCA's temperature and log_scaling would stack two temperatures; choose one")
 
-    def install(self, model):
-        super().install(model)
-        if self.config.temperature and float(getattr(self.rotary, "attention_scaling", 1.0)) != 1.0:
-            self.uninstall(model)
-            raise CtxextError("DCA's temperature would stack on the rope's own attention factor; leave it off")
+    def temperature_option(self, config):
+        return "DCA's temperature" if config.temperature else None
 
     def remap_positions(self, positions):
         return positions % self.stride
