@@ -120,7 +120,7 @@ def _add_depths(p, allow_random: bool) -> None:
 
 def _add_threshold(p) -> None:
     p.add_argument("--threshold", type=float, default=THRESHOLD,
-                   help=f"score (0-100) the effective length's lengths must stay above (default {THRESHOLD:g}, RULER's)")
+                   help=f"score (0-100) the effective length's lengths stay above (default {THRESHOLD:g}, RULER's)")
 
 
 def _add_method_parameters(p) -> None:

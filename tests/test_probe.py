@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from ctxext.config import ExtensionRecord
 from ctxext.errors import CtxextError
 from ctxext.eval import runner
 from ctxext.eval.constants import BASELINE
-from ctxext.eval.probe import ladder, probe, read_summary
+from ctxext.eval.probe import ProbeResult, ladder, probe, read_summary
 from ctxext.eval.store import RECORDS
 from ctxext.eval.summary import summarize
 from ctxext.info import describe
@@ -59,6 +60,19 @@ def test_effective_length_follows_the_eval_summary_rule(scores, expected):
     assert found == expected
     assert average == {L: (a + b) / 2 for L, (a, b) in scores.items()}
     assert per_task == {t: {L: v[i] for L, v in scores.items()} for i, t in enumerate(TASKS)}
+
+
+def test_the_printed_result_says_where_e_stops():
+    result = ProbeResult(model="m", out=Path("probe-m"), context_length=2048, patch=None, lengths=[1024, 2048],
+                         tasks=TASKS, depths=[0, 1], samples=2, threshold=85.6,
+                         scores={"passkey": {1024: 100.0, 2048: 100.0}, "niah_single_1": {1024: 100.0, 2048: 75.0}},
+                         average={1024: 100.0, 2048: 87.5}, effective_length=2048, seconds=1.0, generation_seconds=0.5,
+                         heatmap=None, report=Path("probe-m/report.md"))
+    lines = result.lines()
+    assert lines[1:4] == ["length  passkey  niah_single_1   mean", "  1024    100.0          100.0  100.0",
+                          "  2048    100.0           75.0   87.5"]
+    assert lines[4] == "effective length: 2048 tokens, the whole ladder (mean above 85.6 at every length)"
+    assert "4 prompts per task and length (2 depths x 2 keys)" in lines[0]
 
 
 def test_probe_on_a_tiny_model_end_to_end_then_resumes(tiny_eval_dir, tmp_path, capsys, monkeypatch):

@@ -6,6 +6,8 @@
   recipes' held-out perplexity);
 - ``runner``: ``ctxext eval`` (methods side by side, resumable, lm-eval tasks included),
   written up by ``report``;
+- ``probe``: ``ctxext probe``, the effective retrieval length of a model as it loads (a runner
+  run without methods on a ladder of lengths, E from the summary's rule);
 - ``lm_eval_bridge``: lm-eval on the in-memory model and our shipped lm-eval task configs;
 - ``checks``: what can be checked without the model's weights (its config, the planned
   extension, device, dtype, lengths, tokenizer), shared with the fine-tune recipes;

@@ -91,9 +91,12 @@ class ProbeResult:
             lines.append(f"effective length: below {self.lengths[0]} tokens (no ladder length scores above "
                          f"{self.threshold:g})")
         else:
-            after = f"; {failing} scores {_score(self.average.get(failing))}" if failing else " (the whole ladder)"
-            lines.append(f"effective length: {self.effective_length} tokens (mean above {self.threshold:g} up to "
-                         f"there{after})")
+            if failing:
+                lines.append(f"effective length: {self.effective_length} tokens (mean above {self.threshold:g} up "
+                             f"to there; {failing} scores {_score(self.average.get(failing))})")
+            else:
+                lines.append(f"effective length: {self.effective_length} tokens, the whole ladder (mean above "
+                             f"{self.threshold:g} at every length)")
         pictures = f", {self.heatmap.name}" if self.heatmap else ""
         lines.append(f"took {self.seconds:.1f} s (generation {self.generation_seconds:.1f} s over all records); "
                      f"{self.out}: {RESULT}{pictures}, {self.report.name}")
@@ -143,7 +146,8 @@ def probe(model: str | Path, *, out: str | Path | None = None, lengths: list[int
     (a multiple of the context length, e.g. 2) extends the default ladder past it. ``depths`` x
     ``samples`` prompts per task and length. ``out``: the run directory (default ``probe-<model name>``;
     rerun to resume). ``record``: store E in the patched model directory's record (a directory
-    without a ctxext patch, or a GGUF file, is refused). Everything is checked before the model loads.
+    without a ctxext patch, or a GGUF file, is refused; an E below the ladder clears an earlier one).
+    Everything is checked before the model loads.
     """
     start = time.perf_counter()
     tasks = _checked_tasks(tasks)
