@@ -7,6 +7,7 @@
     ctxext.patch_directory("path/to/model", "yarn", factor=4)   # config.json only
     ctxext.patch_gguf("model.gguf", "out_dir", "yarn", factor=4)  # a new safetensors directory
     ctxext.probe("path/to/model").effective_length              # effective retrieval length
+    ctxext.tune("path/to/model", 16384).winner                  # best method for a target length
 """
 
 from . import methods  # noqa: F401  (registers the methods)
@@ -31,15 +32,20 @@ __all__ = [
     "probe",
     "reapply",
     "restore",
+    "tune",
     "unpatch_directory",
     "__version__",
 ]
 
 
 def __getattr__(name: str):
-    """``ctxext.probe`` (``ctxext.eval.probe.probe``), imported on first use: the evaluation loads only when used."""
+    """``ctxext.probe`` and ``ctxext.tune`` (from ``ctxext.eval``), imported on first use: the evaluation loads only when used."""
     if name == "probe":
         from .eval.probe import probe
 
         return probe
+    if name == "tune":
+        from .eval.tune import tune
+
+        return tune
     raise AttributeError(f"module 'ctxext' has no attribute {name!r}")

@@ -13,9 +13,10 @@ from typing import Any
 
 from torch import nn
 
+from . import auto
 from .config import ExtensionRecord
 from .errors import CtxextError
-from .plan import apply_fields, plan_extension, take_off_record
+from .plan import apply_fields, plan_extension, resolve_lengths, take_off_record
 from .rope_config import read_rope_setup, text_config
 from .rotary_modules import find_rotary_modules, rebuild
 
@@ -43,7 +44,14 @@ def extend(
     has its own rope scaling, is refused unless ``replace=True``. For configs with per-layer-type
     rope parameters (Gemma 3) only ``full_attention`` layers are extended unless
     ``rope_layer_types`` says otherwise.
+
+    ``method="auto"`` picks the method (see ``ctxext.auto``): the cached ``ctxext tune`` winner for the
+    model's checkpoint and target length, else dca with temperature; the choice and its reason are kept
+    in the record's ``auto`` field.
     """
+    if auto.is_auto(method):
+        return _extend_auto(model, factor, target_length, original_length, replace=replace,
+                            rope_layer_types=rope_layer_types, params=params)
     config = text_config(model.config)
     read_rope_setup(config)
     rotary = find_rotary_modules(model)
@@ -93,6 +101,25 @@ def extend(
     return model
 
 
+def auto_target(config: Any, factor: float | None, target_length: int | None, original_length: int | None) -> int:
+    """The target length ``auto`` is chosen for (from ``factor`` when no target length is given), checked."""
+    native = read_rope_setup(text_config(config)).native_length
+    return resolve_lengths(native, factor, target_length, original_length)[2]
+
+
+def _extend_auto(model, factor, target_length, original_length, *, replace, rope_layer_types, params):
+    if params:
+        raise CtxextError(f"method 'auto' chooses its parameters; give a method to set {', '.join(sorted(params))}")
+    target = auto_target(model.config, factor, target_length, original_length)
+    source = getattr(model.config, "_name_or_path", None) or None
+    directory = source if source and (Path(source) / "config.json").is_file() else None
+    method, chosen, note = auto.resolve(source if directory else None, directory, target)
+    extend(model, method, factor=factor, target_length=target_length, original_length=original_length,
+           replace=replace, rope_layer_types=rope_layer_types, **chosen)
+    text_config(model.config).ctxext["auto"] = note
+    return model
+
+
 def restore(model: nn.Module) -> nn.Module:
     """Undo ``extend`` in place: the original rotary modules and config fields come back."""
     config = text_config(model.config)
@@ -120,8 +147,9 @@ def reapply(model: nn.Module, record: ExtensionRecord) -> nn.Module:
     effective length in the record is kept in the model's config."""
     extend(model, record.method, factor=record.factor, original_length=record.original_length,
            rope_layer_types=record.rope_layer_types, replace=True, **record.params)
-    if record.effective_length is not None:
-        text_config(model.config).ctxext["effective_length"] = record.effective_length
+    for key in ("effective_length", "auto"):
+        if getattr(record, key) is not None:
+            text_config(model.config).ctxext[key] = getattr(record, key)
     return model
 
 

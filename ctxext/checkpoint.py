@@ -88,8 +88,11 @@ def write_patched_config(directory: Path, original_raw: bytes | None, patched: d
 
 def recorded_original(data: dict[str, Any], record: ExtensionRecord) -> dict[str, Any]:
     """A patched config.json with the fields its record replaced put back and the record dropped."""
-    original = {k: v for k, v in data.items() if k != "ctxext"}
+    original = {k: v for k, v in data.items() if k not in ("ctxext", "rope_scaling")}  # rope_scaling: the patch's copy
     original.update(record.replaced)
+    rope = record.replaced.get("rope_parameters")
+    if "rope_theta" in original and isinstance(rope, dict) and "rope_theta" in rope:
+        original["rope_theta"] = rope["rope_theta"]  # the patch's top-level copy of the base
     return original
 
 

@@ -1,4 +1,4 @@
-"""The ``ctxext`` command line: patch, unpatch, info, methods, passkey, probe, eval, finetune.
+"""The ``ctxext`` command line: patch, unpatch, info, methods, passkey, probe, eval, tune, finetune.
 
 Each subcommand parses its flags, makes one library call and prints the result; the work
 lives in the library (``patching``, ``info``, ``eval``, ``recipes``). Every bad input ends
@@ -134,7 +134,8 @@ def _add_method_parameters(p) -> None:
 def _add_patch_parser(commands) -> None:
     p = commands.add_parser("patch", help="extend a model directory's config.json, or a GGUF file into --output")
     _add_model(p)
-    p.add_argument("--method", required=True, help="extension method (see 'ctxext methods')")
+    p.add_argument("--method", required=True, help="extension method (see 'ctxext methods'), or auto: the cached "
+                   "'ctxext tune' winner for MODEL and the target length, else yarn")
     _add_lengths(p, required=True)
     p.add_argument("--output", type=Path,
                    help="write a patched copy here instead of editing MODEL in place; for a GGUF MODEL: a new "
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_passkey_parser(commands)
     _add_probe_parser(commands)
     _add_eval_parser(commands)
+    _add_tune_parser(commands)
     _add_finetune_parser(commands)
     return parser
 
@@ -185,7 +187,8 @@ def _add_eval_parser(commands) -> None:
     p = commands.add_parser("eval", help="before/after evaluation: passkey, RULER-style suite, perplexity, lm-eval")
     _add_model(p)
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--method", help="extension method compared with the unpatched model")
+    which.add_argument("--method", help="extension method compared with the unpatched model (auto: the cached "
+                       "'ctxext tune' winner, else dca with temperature)")
     which.add_argument("--methods", help="comma-separated methods, side by side on the same prompts")
     _add_lengths(p, required=False, original=False)
     p.add_argument("--tasks", default="passkey", help="comma-separated: passkey, ruler, ruler-synthetic, ppl, "
@@ -207,6 +210,25 @@ def _add_eval_parser(commands) -> None:
     p.add_argument("--lm-eval-tasks", help="comma-separated lm-eval tasks (ours: ctxext_passkey, ctxext_ruler, ...)")
     p.add_argument("--lm-eval-limit", type=int, help="lm-eval documents per task")
     _add_method_parameters(p)
+
+
+def _add_tune_parser(commands) -> None:
+    p = commands.add_parser("tune", help="rank methods and their main parameters for one target length; the winner "
+                                         "feeds --method auto")
+    _add_model(p)
+    p.add_argument("--target-length", type=int, required=True, help="target context length in tokens")
+    p.add_argument("--methods", help="comma-separated methods to try (default: every tune candidate)")
+    p.add_argument("--short-length", type=int, help="short-context check length (default min(L/2, 4096))")
+    p.add_argument("--depths", default="0.25,0.75", help="needle depths (default 0.25,0.75)")
+    p.add_argument("--samples", type=int, default=1, help="keys per depth and task (default 1)")
+    p.add_argument("--tasks", default="passkey,niah_single_1",
+                   help="passkey, niah_single_1 or both (default both)")
+    p.add_argument("--no-ppl", action="store_true", help="skip the perplexity tie-breaker at the target length")
+    p.add_argument("--refresh", action="store_true", help="ignore a cached result and measure again")
+    _add_seed(p)
+    p.add_argument("--out", type=Path, default=Path("tune-report"),
+                   help="run directory: records (rerun to resume) and tune.json (default tune-report)")
+    _add_runtime(p)
 
 
 def _add_probe_parser(commands) -> None:
@@ -275,6 +297,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     record = result.record
     print(f"patched {args.model} -> {result.path}: {record.method} x{record.factor:g}, "
           f"{record.original_length} -> {record.target_length} tokens")
+    if record.auto:
+        print(f"auto chose {record.auto['chose']}: {record.auto['reason']}")
     if result.serve_command is not None:
         print(f"serve it with llama.cpp: {result.serve_command}")
         if not result.stock_loadable:
@@ -282,6 +306,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
                   "unscaled; for transformers, patch into a directory (--output DIR) instead")
     elif not result.stock_loadable:
         print(f"note: '{record.method}' needs ctxext to load: use ctxext.from_pretrained('{result.path}')")
+    for line in result.serve_commands:
+        print(f"serve: {line}")
     return 0
 
 
@@ -342,7 +368,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     config = config_from_args(args, _collect_params(args))
     run(config)
+    if config.auto:
+        print(f"auto chose {config.auto['chose']} {config.auto['params']}: {config.auto['reason']}")
     print(f"report: {config.out / 'report.md'} (data: report.json, pictures: *.png)")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .eval.cli_args import parse_depths
+    from .eval.tune import tune
+
+    result = tune(args.model, args.target_length, out=args.out,
+                  methods=[m for m in args.methods.split(",") if m.strip()] if args.methods is not None else None,
+                  short_length=args.short_length, depths=parse_depths(args.depths, allow_random=False),
+                  samples=args.samples, ppl=not args.no_ppl, tasks=[t for t in args.tasks.split(",") if t.strip()],
+                  seed=args.seed, dtype=args.dtype, device=args.device, refresh=args.refresh)
+    print("\n".join(result.lines()))
     return 0
 
 
@@ -367,7 +408,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"patch": cmd_patch, "unpatch": cmd_unpatch, "methods": cmd_methods, "info": cmd_info,
-            "passkey": cmd_passkey, "probe": cmd_probe, "eval": cmd_eval, "finetune": cmd_finetune}
+            "passkey": cmd_passkey, "probe": cmd_probe, "eval": cmd_eval, "tune": cmd_tune,
+            "finetune": cmd_finetune}
 
 
 def _interrupt(_signum, _frame) -> None:

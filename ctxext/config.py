@@ -64,6 +64,7 @@ class ExtensionRecord:
     so that ``restore()`` and ``ctxext unpatch`` can put them back. ``effective_length``, when
     known, is what ``ctxext probe --record`` measured on the patched checkpoint (records
     written before it existed have none; a record without one leaves it out of config.json).
+    ``auto``, only for ``--method auto``, says which method auto chose and why (likewise optional).
     """
 
     method: str
@@ -75,11 +76,13 @@ class ExtensionRecord:
     replaced: dict[str, Any]
     version: str
     effective_length: int | None = None
+    auto: dict[str, Any] | None = None  # ``--method auto``: {"chose", "params", "reason"}; absent otherwise
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if data["effective_length"] is None:
-            del data["effective_length"]
+        for key in ("effective_length", "auto"):
+            if data[key] is None:
+                del data[key]
         return data
 
     @classmethod
@@ -100,4 +103,6 @@ class ExtensionRecord:
         length = record.effective_length
         if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
             raise CtxextError(f"config.ctxext is not a valid ctxext record (effective_length {length!r})")
+        if record.auto is not None and not isinstance(record.auto, dict):
+            raise CtxextError(f"config.ctxext is not a valid ctxext record (auto {record.auto!r})")
         return record

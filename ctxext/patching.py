@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .atomic import exclusive, staged
+from .auto import is_auto, resolve
 from .checkpoint import (
     BACKUP,
     check_writable,
@@ -36,6 +37,7 @@ from .checkpoint import (
 from .config import ExtensionRecord
 from .errors import CtxextError
 from .plan import ExtensionPlan, plan_extension, take_off_record
+from .serving import LEGACY_ROPE_TYPES, serve_commands
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -49,6 +51,8 @@ class PatchResult:
     stock_loadable: bool  # stock transformers reproduces the patch from config.json (or GGUF) alone
     diff: str | None = None  # unified diff of config.json (GGUF: metadata), for dry runs (nothing written)
     serve_command: str | None = None  # GGUF output: the llama.cpp command that serves the extended file
+    # model directory: per engine (transformers, vLLM, SGLang) the command that serves it, or why it cannot
+    serve_commands: list[str] = field(default_factory=list)
 
 
 def patch(
@@ -66,6 +70,8 @@ def patch(
     as for ``patch_directory``. A GGUF file goes to ``output``: a new .gguf (metadata patched,
     tensors kept) or a new directory (de-quantized safetensors).
     """
+    if is_auto(method):
+        return _patch_auto(model, output=output, dry_run=dry_run, dtype=dtype, **options)
     location = resolve_model_path(model)
     if location.gguf_file is None:
         if output is not None and _is_gguf_name(output):
@@ -116,6 +122,7 @@ def patch_directory(
         original_raw, original = None, recorded_original(data, saved)
     patched = _patched_json(original, plan)
     result = PatchResult(directory, plan.record, plan.method.stock_loadable)
+    result.serve_commands = serve_commands(patched, directory if output is None else output)
     if dry_run:
         before = json.dumps(data, indent=2, sort_keys=True).splitlines()
         after = json.dumps(patched, indent=2, sort_keys=True).splitlines()
@@ -258,6 +265,31 @@ def record_effective_length(model: str | Path, effective_length: int | None, *,
     return directory / "config.json"
 
 
+def _patch_auto(model: str | Path, *, output, dry_run: bool, dtype: str, **options: Any) -> PatchResult:
+    """``patch(..., "auto")``: the cached ``ctxext tune`` winner for this checkpoint and target length, else
+    yarn (config-only patches are for stock engines); the choice goes into the record's ``auto`` field
+    (a patched directory's config.json; a .gguf output keeps it only in the returned record)."""
+    params = {k: v for k, v in options.items()
+              if k not in ("factor", "target_length", "original_length", "replace", "rope_layer_types")}
+    if params:
+        raise CtxextError(f"method 'auto' chooses its parameters; give a method to set {', '.join(sorted(params))}")
+    location = resolve_model_path(model)
+    target = options.get("target_length")
+    if target is None and location.gguf_file is None and options.get("factor") is not None:
+        from .api import auto_target
+
+        target = auto_target(_unpatched_config(location.directory)[0], options.get("factor"), None,
+                             options.get("original_length"))
+    method, chosen, note = resolve(model if target else None, location.directory, target or 0, config_only=True)
+    result = patch(model, method, output=output, dry_run=dry_run, dtype=dtype, **options, **chosen)
+    result.record.auto = note
+    if not dry_run and result.path.is_dir() and (result.path / "config.json").is_file():
+        with exclusive(result.path):
+            _, data = read_config_json(result.path)
+            write_patched_config(result.path, None, {**data, "ctxext": {**data["ctxext"], "auto": note}})
+    return result
+
+
 def _check_options(config, method: str, *, factor=None, target_length=None, original_length=None, replace=False,
                    rope_layer_types=None, **params) -> None:
     plan_extension(config, method, factor=factor, target_length=target_length, original_length=original_length,
@@ -277,7 +309,16 @@ def _patched_json(original: dict[str, Any], plan: ExtensionPlan) -> dict[str, An
     patched.pop("ctxext", None)
     patched.pop("rope_scaling", None)  # transformers would let it override rope_parameters
     patched.update(json.loads(json.dumps(plan.fields)))
-    if "rope_theta" in patched and "rope_theta" in plan.fields["rope_parameters"]:
+    rope = patched.get("rope_parameters") if "rope_parameters" in plan.fields else None
+    flat = isinstance(rope, dict) and bool(rope) and not any(isinstance(v, dict) for v in rope.values())
+    if flat and "rope_theta" in rope:
+        # transformers 4.x (and vLLM/SGLang on it) read the base from the top level; 5.x prefers rope_parameters'
+        patched["rope_theta"] = rope["rope_theta"]
+    elif "rope_theta" in patched and "rope_theta" in plan.fields.get("rope_parameters", {}):
         patched["rope_theta"] = plan.fields["rope_parameters"]["rope_theta"]
+    if flat and rope.get("rope_type") in LEGACY_ROPE_TYPES:
+        # transformers 4.x / vLLM / SGLang read the scaling from rope_scaling; transformers 5 lets rope_scaling
+        # replace rope_parameters wholesale, so it is an exact copy (plus the legacy "type" key)
+        patched["rope_scaling"] = {**json.loads(json.dumps(rope)), "type": rope["rope_type"]}
     patched["ctxext"] = plan.record.to_dict()
     return patched

@@ -135,8 +135,11 @@ def test_patch_then_unpatch_keeps_config_json_owner(tiny_dir):
 
 # -- interrupted writes leave nothing behind ---------------------------------------------------
 def _interrupt_when_staging_appears(args, watch: Path, sig: int) -> subprocess.CompletedProcess:
+    # a shell's background job inherits SIGINT ignored (Python then never raises KeyboardInterrupt):
+    # give the command the default disposition a terminal user's process has
     process = subprocess.Popen([sys.executable, "-m", "ctxext.cli", *map(str, args)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
         if any(STAGING_MARK in name for name in os.listdir(watch)):

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..api import extend, is_extended, restore
+from ..api import auto_target, extend, is_extended, restore
+from ..auto import is_auto, resolve
 from ..checkpoint import ModelLocation, resolve_model_path
 from ..config import ExtensionRecord
 from ..errors import CtxextError
@@ -75,6 +76,7 @@ class EvalConfig:
     # the baseline is the model as it loads, a ctxext patch of its checkpoint kept (``ctxext probe``);
     # otherwise that patch is taken off, so the baseline is the unpatched model (before / after)
     as_loaded: bool = False
+    auto: dict | None = None  # set by check_config for --method auto: {"chose", "params", "reason"}
 
     def settings(self) -> dict:
         """What the logged records depend on; a resumed run must agree on all of it."""
@@ -114,11 +116,26 @@ def check_config(config: EvalConfig) -> Checked:
     location = resolve_model_path(config.model)
     found = Checked(location, model_config(location))
     native_length(found.model_config)  # a model without rotary embeddings is refused here
+    _resolve_auto(config, location, found.model_config)
     _check_methods(config, found.model_config)
     if config.lm_eval_tasks:
         require_lm_eval()
         found.lm_eval_manager = task_manager(config.lm_eval_tasks, _lm_eval_metadata(config, location))
     return found
+
+
+def _resolve_auto(config: EvalConfig, location: ModelLocation, model_config) -> None:
+    """``--method auto``: replace it by the cached ``ctxext tune`` winner or the rule's method (``ctxext.auto``)."""
+    if not any(is_auto(m) for m in config.methods):
+        return
+    if len(config.methods) > 1:
+        raise CtxextError("--method auto stands alone: it compares the one method it chooses with the unpatched model")
+    if config.params:
+        flags = ", ".join("--" + p.replace("_", "-") for p in sorted(config.params))
+        raise CtxextError(f"method 'auto' chooses its parameters; give a method to set {flags}")
+    target = auto_target(model_config, config.factor, config.target_length, None)
+    method, params, note = resolve(config.model, location.directory, target)
+    config.methods, config.params, config.auto = [method], params, note
 
 
 def _check_values(config: EvalConfig) -> None:

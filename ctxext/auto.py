@@ -1,0 +1,110 @@
+"""``--method auto``: the tune cache (``ctxext tune``'s winners) and the fallback rule, below the API.
+
+``resolve`` picks a concrete method and parameters for a model and target length:
+
+1. the cached ``ctxext tune`` winner for (model path, config.json hash, target length), when there is one;
+2. otherwise a fixed rule: ``dca`` with ``temperature=True`` where the model is run through ctxext
+   (``extend`` on a loaded model, ``ctxext eval``, or a checkpoint reloaded with ``ctxext.from_pretrained``);
+   ``yarn`` where only the config is patched for other engines (``ctxext patch``), since stock
+   transformers, vLLM and llama.cpp load yarn. The evidence is the 16k passkey table on SmolLM2 in
+   BENCHMARKS.md: dca (default parameters) and self-extend retrieve 3/5 there, yarn 2/5 (the best
+   config-only method); dca's temperature is the DCA paper's setting beyond the native length and is
+   not measured there yet.
+
+The cache is one JSON file per key in ``$CTXEXT_CACHE`` (default ``~/.cache/ctxext/tune``). This
+module reads and writes files only; it never loads a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write
+from .errors import CtxextError
+
+AUTO = "auto"
+RULE_LOADED = ("rerope", {"log_scaling": True})  # the model runs through ctxext
+RULE_CONFIG_ONLY = ("yarn", {})  # only config.json (or GGUF metadata) is patched, for stock engines
+EVIDENCE = "BENCHMARKS.md, 16k passkey on SmolLM2"
+
+
+def is_auto(method: Any) -> bool:
+    return isinstance(method, str) and method.strip().lower() == AUTO
+
+
+def cache_dir() -> Path:
+    """``$CTXEXT_CACHE`` if set, else ``~/.cache/ctxext/tune``."""
+    override = os.environ.get("CTXEXT_CACHE")
+    return Path(override).expanduser() if override else Path.home() / ".cache" / "ctxext" / "tune"
+
+
+def config_hash(directory: str | Path) -> str | None:
+    """sha256 of a model directory's config.json (None when there is none)."""
+    path = Path(directory) / "config.json"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def model_key(model: str | Path) -> str:
+    """The model as the cache names it: the alias as given, otherwise the resolved path."""
+    text = str(model)
+    return text if not (Path(text).expanduser().exists()) else str(Path(text).expanduser().resolve())
+
+
+def cache_key(model: str | Path, directory: str | Path, target_length: int) -> str:
+    """Key of (model path, config.json hash, target length)."""
+    text = f"{model_key(model)}\n{config_hash(directory)}\n{int(target_length)}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def cache_path(model: str | Path, directory: str | Path, target_length: int) -> Path:
+    return cache_dir() / f"{cache_key(model, directory, target_length)}.json"
+
+
+def read_cached(model: str | Path, directory: str | Path, target_length: int) -> dict | None:
+    """The cached tune result for this key, or None (a damaged file counts as none)."""
+    path = cache_path(model, directory, target_length)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("winner"), dict):
+        return None
+    return data
+
+
+def write_cached(model: str | Path, directory: str | Path, target_length: int, data: dict) -> Path:
+    path = cache_path(model, directory, target_length)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise CtxextError(f"{path.parent}: cannot write the tune cache there ({exc.strerror or exc}); "
+                          "set CTXEXT_CACHE to a writable folder") from None
+    return path
+
+
+def resolve(model: str | Path | None, directory: str | Path | None, target_length: int, *,
+            config_only: bool = False) -> tuple[str, dict, dict]:
+    """(method, params, note) for ``auto``: the cached tune winner, else the rule. ``note`` is what the
+    patch record keeps: {"chose": method, "params": ..., "reason": ...}."""
+    if model is not None and directory is not None:
+        cached = read_cached(model, directory, target_length)
+        if cached is not None:
+            winner = cached["winner"]
+            method, params = winner["method"], dict(winner.get("params") or {})
+            return method, params, {"chose": method, "params": params,
+                                    "reason": f"ctxext tune result for {target_length} tokens "
+                                              f"({cache_path(model, directory, target_length)})"}
+    method, params = RULE_CONFIG_ONLY if config_only else RULE_LOADED
+    params = dict(params)
+    why = ("config-only patch: stock engines load yarn" if config_only
+           else "runs through ctxext: ReRoPE with log-n scaling, the best passkey retrieval measured at 2x")
+    return method, params, {"chose": method, "params": params,
+                            "reason": f"no ctxext tune result cached; rule ({why}; evidence: {EVIDENCE})"}

@@ -1,0 +1,200 @@
+"""What each inference engine makes of a (patched) config.json, and the commands that serve it.
+
+Pure functions of the config.json dict; nothing is loaded or installed. The rules are the
+engines' own, read from their code:
+
+- **transformers 5.x** reads ``rope_parameters``; a ``rope_scaling`` key in config.json
+  replaces it wholesale (``convert_rope_params_to_dict``: ``rope_scaling or rope_parameters``).
+  It does not cap the prompt length. Rope types it does not know (``ctxext_*``) need ctxext.
+- **transformers 4.x** reads ``rope_scaling`` and the top-level ``rope_theta`` only: a config
+  written only for 5.x loads there without its scaling, silently.
+- **vLLM** (``_get_and_verify_max_len``) takes the rope from ``rope_scaling`` / ``rope_parameters``
+  (the same dict transformers ends with), knows ``default, linear, dynamic, yarn, llama3,
+  longrope`` (others raise), and derives the longest sequence it accepts: for ``longrope`` and
+  ``llama3`` ``max_position_embeddings``; for the other types ``max_position_embeddings x factor``,
+  for ``yarn`` ``original_max_position_embeddings x factor`` (Gemma 3: no factor). Its ``dynamic``
+  is a fixed NTK base for that derived length, not a length-dependent one. Attention-level
+  methods are not in config.json's rope: it serves those models unpatched.
+- **SGLang** (``get_context_length``) follows the same rope rule as vLLM; its own DCA is
+  ``dual_chunk_attention_config`` for Qwen2/Qwen3 only, which ctxext does not write.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENGINES = ("transformers-5", "transformers-4", "vllm", "sglang")
+# rope types transformers 4.x / vLLM / SGLang read from rope_scaling
+LEGACY_ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3", "longrope")
+VLLM_ROPE_TYPES = ("default",) + LEGACY_ROPE_TYPES
+DEFAULT_THETA = 10000.0
+DCA_MODEL_TYPES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+
+
+@dataclass(frozen=True)
+class EngineView:
+    """One engine's reading of a config.json."""
+
+    engine: str
+    loads: bool  # the engine loads this config at all
+    rope_type: str | None  # the rope type it builds (None when it does not load)
+    factor: float | None  # the scale factor it uses (None: none)
+    rope_theta: float | None
+    max_length: int | None  # longest sequence it accepts without flags (None: not capped)
+    extended: bool  # it reproduces the ctxext extension as transformers 5 + ctxext do
+    note: str = ""  # one line: what goes wrong, or what to know
+
+
+def _flat(params: Any) -> dict[str, Any] | None:
+    """A flat rope dict; for a per-layer-type one, its ``full_attention`` entry (or None)."""
+    if not isinstance(params, dict) or not params:
+        return None
+    if all(isinstance(v, dict) for v in params.values()):
+        return params.get("full_attention") or next(iter(params.values()))
+    return params
+
+
+def _rope_type(params: dict[str, Any] | None) -> str:
+    if not params:
+        return "default"
+    return params.get("rope_type", params.get("type", "default"))
+
+
+def _factor(params: dict[str, Any] | None) -> float | None:
+    value = (params or {}).get("factor")
+    return None if value is None else float(value)
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=1e-9)
+
+
+def _method_kind(record: dict[str, Any] | None) -> str:
+    """'attention', 'rope' or 'none' for a config's ctxext record."""
+    if not record:
+        return "none"
+    from . import methods  # noqa: F401  (registers the methods)
+    from .registry import AttentionMethod, get_method
+
+    try:
+        method = get_method(record["method"])
+    except Exception:  # an unknown method name: judge by the rope alone
+        return "rope"
+    return "attention" if isinstance(method, AttentionMethod) else "rope"
+
+
+def engine_view(config_json: dict[str, Any]) -> dict[str, EngineView]:
+    """What transformers 5.x, transformers 4.x, vLLM and SGLang make of ``config_json``."""
+    record = config_json.get("ctxext") or None
+    kind = _method_kind(record)
+    method = record["method"] if record else None
+    views = {"transformers-5": _transformers5(config_json, kind, method)}
+    views["transformers-4"] = _transformers4(config_json, views["transformers-5"], kind, method)
+    views["vllm"] = _served(config_json, views["transformers-5"], kind, method, "vllm")
+    views["sglang"] = _served(config_json, views["transformers-5"], kind, method, "sglang")
+    return views
+
+
+def _attention_note(method: str) -> str:
+    return f"attention-level method '{method}' is not in config.json's rope: loaded unpatched (native rope)"
+
+
+def _transformers5(config: dict[str, Any], kind: str, method: str | None) -> EngineView:
+    params = _flat(config.get("rope_scaling") or config.get("rope_parameters"))
+    rope_type = _rope_type(params)
+    theta = float((params or {}).get("rope_theta", config.get("rope_theta", DEFAULT_THETA)))
+    if rope_type.startswith("ctxext_"):
+        return EngineView("transformers-5", False, None, None, theta, None, False,
+                          f"stock transformers has no rope type '{rope_type}'")
+    if kind == "attention":
+        return EngineView("transformers-5", True, rope_type, _factor(params), theta, None, False,
+                          _attention_note(method))
+    return EngineView("transformers-5", True, rope_type, _factor(params), theta, None, kind == "rope")
+
+
+def _transformers4(config: dict[str, Any], t5: EngineView, kind: str, method: str | None) -> EngineView:
+    params = _flat(config.get("rope_scaling"))
+    rope_type = _rope_type(params)
+    theta = float(config.get("rope_theta", DEFAULT_THETA))
+    if rope_type.startswith("ctxext_"):
+        return EngineView("transformers-4", False, None, None, theta, None, False,
+                          f"transformers 4.x has no rope type '{rope_type}'")
+    factor = _factor(params) if rope_type != "default" else None
+    same = t5.loads and rope_type == t5.rope_type and _same(factor, t5.factor if rope_type != "default" else None) \
+        and _same(theta, t5.rope_theta)
+    if kind == "attention":
+        note = _attention_note(method)
+    elif kind == "rope" and not same:
+        wanted = t5.rope_type if t5.loads else "ctxext's own rope"
+        note = (f"transformers 4.x reads rope_scaling/rope_theta only: it loads rope '{rope_type}' "
+                f"(theta {theta:g}) instead of '{wanted}', silently")
+    else:
+        note = ""
+    return EngineView("transformers-4", True, rope_type, factor, theta, None, kind == "rope" and same, note)
+
+
+def _served(config: dict[str, Any], t5: EngineView, kind: str, method: str | None, engine: str) -> EngineView:
+    name = "vLLM" if engine == "vllm" else "SGLang"
+    params = _flat(config.get("rope_scaling") or config.get("rope_parameters"))
+    rope_type = _rope_type(params)
+    theta = float((params or {}).get("rope_theta", config.get("rope_theta", DEFAULT_THETA)))
+    if rope_type not in VLLM_ROPE_TYPES:
+        return EngineView(engine, False, None, None, theta, None, False,
+                          f"{name} has no rope type '{rope_type}' and refuses to load it")
+    length = float(config.get("max_position_embeddings") or 2048)
+    factor = _factor(params)
+    if rope_type not in ("longrope", "llama3") and "gemma3" not in str(config.get("model_type", "")):
+        if rope_type == "yarn" and params.get("original_max_position_embeddings"):
+            length = float(params["original_max_position_embeddings"])
+        length *= factor if factor is not None else 1.0
+    max_length = int(length)
+    note = ""
+    extended = kind == "rope" and t5.loads and rope_type == t5.rope_type and _same(theta, t5.rope_theta) \
+        and _same(factor, t5.factor)
+    if kind == "attention":
+        note = _attention_note(method)
+        if engine == "sglang" and method == "dca" and config.get("model_type") in DCA_MODEL_TYPES:
+            note += ("; SGLang's own DCA for Qwen2/Qwen3 takes a dual_chunk_attention_config "
+                     "(chunk_size, local_size), which ctxext does not write")
+    elif rope_type == "dynamic":
+        extended = False
+        note = (f"{name}'s 'dynamic' is a fixed NTK base for max_position_embeddings x factor = {max_length} "
+                "tokens, not the length-dependent one; use --method ntk (or yarn) for it")
+    return EngineView(engine, True, rope_type, factor, theta, max_length, extended, note)
+
+
+def serve_commands(config_json: dict[str, Any], path: str | Path) -> list[str]:
+    """One line per engine: the command that serves the model at ``path``, or why it cannot."""
+    record = config_json.get("ctxext") or {}
+    target = record.get("target_length") or config_json.get("max_position_embeddings")
+    where = shlex.quote(str(path))
+    views = engine_view(config_json)
+    lines = []
+    t5, t4 = views["transformers-5"], views["transformers-4"]
+    if t5.extended:
+        lines.append(f"transformers: AutoModelForCausalLM.from_pretrained({str(path)!r})")
+    else:
+        lines.append(f"transformers: {t5.note}; ctxext re-applies it: ctxext.from_pretrained({str(path)!r})")
+    if t4.note and t4.loads and not t4.extended and t5.extended:
+        lines.append(f"transformers 4.x: cannot: {t4.note}")
+    for engine, name in (("vllm", "vLLM"), ("sglang", "SGLang")):
+        view = views[engine]
+        if not view.extended:
+            lines.append(f"{name}: cannot serve the extension: {view.note or 'the rope it reads is not the patched one'}")
+            continue
+        if engine == "vllm":
+            env = "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 " if target > view.max_length else ""
+            command = f"{env}vllm serve {where} --max-model-len {target}"
+        else:
+            env = "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 " if target > view.max_length else ""
+            command = f"{env}python -m sglang.launch_server --model-path {where} --context-length {target}"
+        if view.max_length > target:
+            command += f"  # without it {name} would accept {view.max_length} tokens"
+        lines.append(f"{name}: {command}")
+    return lines

@@ -1,0 +1,191 @@
+"""What transformers 5/4, vLLM and SGLang make of the config.json that ``patch_directory`` writes.
+
+One row per method x engine (``ctxext.serving.engine_view``, the engines' documented rules),
+the serving hints of ``PatchResult``, and the proof that the extra fields written for
+transformers 4.x / vLLM (``rope_scaling``, top-level ``rope_theta``) leave stock transformers 5
+reloading exactly the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import ctxext
+from ctxext.serving import ENGINES, engine_view, serve_commands
+
+from conftest import NATIVE, logits, make_model, tokens
+
+FACTOR = 4
+TARGET = NATIVE * FACTOR
+NTK_THETA = 10000.0 * FACTOR ** (16 / 14)  # head_dim 16
+PARAMS = {"longrope": {"long_factor": 2.0}}
+T5, T4, VLLM, SGL = ENGINES
+
+# method -> engine -> (loads, rope type, factor, max length without flags, reproduces the extension)
+EXPECTED = {
+    "pi": {T5: (True, "linear", 4.0, None, True), T4: (True, "linear", 4.0, None, True),
+           # vLLM/SGLang: max_position_embeddings (already the target) x factor: too long, hence --max-model-len
+           VLLM: (True, "linear", 4.0, TARGET * FACTOR, True), SGL: (True, "linear", 4.0, TARGET * FACTOR, True)},
+    "ntk": {T5: (True, "default", None, None, True), T4: (True, "default", None, None, True),
+            VLLM: (True, "default", None, TARGET, True), SGL: (True, "default", None, TARGET, True)},
+    "yarn": {T5: (True, "yarn", 4.0, None, True), T4: (True, "yarn", 4.0, None, True),
+             VLLM: (True, "yarn", 4.0, TARGET, True), SGL: (True, "yarn", 4.0, TARGET, True)},
+    "llama3": {T5: (True, "llama3", 4.0, None, True), T4: (True, "llama3", 4.0, None, True),
+               VLLM: (True, "llama3", 4.0, TARGET, True), SGL: (True, "llama3", 4.0, TARGET, True)},
+    "longrope": {T5: (True, "longrope", 4.0, None, True), T4: (True, "longrope", 4.0, None, True),
+                 VLLM: (True, "longrope", 4.0, TARGET, True), SGL: (True, "longrope", 4.0, TARGET, True)},
+    # factor = alpha (1); vLLM's 'dynamic' is a fixed base for L x alpha = L: no extension, capped at L
+    "dynamic-ntk": {T5: (True, "dynamic", 1.0, None, True), T4: (True, "dynamic", 1.0, None, True),
+                    VLLM: (True, "dynamic", 1.0, NATIVE, False), SGL: (True, "dynamic", 1.0, NATIVE, False)},
+    # ctxext's own rope type: only ctxext.from_pretrained; transformers 4.x has no rope_scaling: plain rope, silently
+    "dynamic-yarn": {T5: (False, None, None, None, False), T4: (True, "default", None, None, False),
+                     VLLM: (False, None, None, None, False), SGL: (False, None, None, None, False)},
+    # attention-level: config.json keeps the native rope, every engine serves the model unpatched
+    "dca": {T5: (True, "default", None, None, False), T4: (True, "default", None, None, False),
+            VLLM: (True, "default", None, NATIVE, False), SGL: (True, "default", None, NATIVE, False)},
+    "self-extend": {T5: (True, "default", None, None, False), T4: (True, "default", None, None, False),
+                    VLLM: (True, "default", None, NATIVE, False), SGL: (True, "default", None, NATIVE, False)},
+}
+ROWS = [(method, engine) for method in EXPECTED for engine in ENGINES]
+
+
+@pytest.fixture(scope="module")
+def patched(tmp_path_factory):
+    """method -> (output directory, written config.json, PatchResult), all patched from one tiny Llama."""
+    root = tmp_path_factory.mktemp("serving")
+    make_model("llama").save_pretrained(root / "tiny-llama")
+    out = {}
+    for method in EXPECTED:
+        result = ctxext.patch_directory(root / "tiny-llama", method, factor=FACTOR, output=root / method,
+                                        **PARAMS.get(method, {}))
+        out[method] = (root / method, json.loads((root / method / "config.json").read_text()), result)
+    return out
+
+
+@pytest.mark.parametrize("method,engine", ROWS, ids=[f"{m}-{e}" for m, e in ROWS])
+def test_engine_view_row(patched, method, engine):
+    view = engine_view(patched[method][1])[engine]
+    expected = EXPECTED[method][engine]
+    obtained = (view.loads, view.rope_type, view.factor, view.max_length, view.extended)
+    assert obtained == expected, f"{method} on {engine}: expected {expected}, obtained {obtained} ({view.note})"
+    if not view.extended:
+        assert view.note  # every engine that does not reproduce the extension says why, in one line
+        assert "\n" not in view.note
+    if method == "ntk":
+        assert view.rope_theta == pytest.approx(NTK_THETA)
+
+
+def test_engine_view_on_tiny_dir_fixture(tiny_dir):
+    """The conftest fixture, patched in place: yarn is served by every engine at exactly the target."""
+    ctxext.patch_directory(tiny_dir, "yarn", factor=FACTOR)
+    views = engine_view(json.loads((tiny_dir / "config.json").read_text()))
+    assert all(v.extended for v in views.values())
+    assert views[VLLM].max_length == views[SGL].max_length == TARGET
+
+
+def test_unpatched_config_is_native(tiny_dir):
+    views = engine_view(json.loads((tiny_dir / "config.json").read_text()))
+    assert views[VLLM].max_length == NATIVE and views[VLLM].rope_type == "default"
+    assert not any(v.extended for v in views.values()) and all(v.loads for v in views.values())
+
+
+def test_written_rope_scaling_mirrors_rope_parameters(patched):
+    for method in ("pi", "yarn", "llama3", "longrope", "dynamic-ntk"):
+        data = patched[method][1]
+        rope = data["rope_parameters"]
+        assert data["rope_scaling"] == {**rope, "type": rope["rope_type"]}
+        assert data["rope_theta"] == rope["rope_theta"]
+    assert "rope_scaling" not in patched["ntk"][1]
+    assert patched["ntk"][1]["rope_theta"] == pytest.approx(NTK_THETA)  # transformers 4.x reads the top level
+    for method in ("dynamic-yarn", "dca", "self-extend"):
+        assert "rope_scaling" not in patched[method][1]
+
+
+@pytest.mark.parametrize("method", ["pi", "ntk", "yarn", "llama3", "longrope", "dynamic-ntk"])
+def test_stock_transformers5_reload_unchanged(patched, tmp_path, method):
+    """The config as written (with rope_scaling / rope_theta for 4.x and vLLM) and the same config without
+    them (what ctxext wrote before) give stock transformers 5 the same rope parameters and the same logits."""
+    directory, data, _ = patched[method]
+    bare = tmp_path / "bare"
+    shutil.copytree(directory, bare)
+    stripped = {k: v for k, v in data.items() if k not in ("rope_scaling", "rope_theta")}
+    (bare / "config.json").write_text(json.dumps(stripped))
+    with_fields = AutoModelForCausalLM.from_pretrained(directory).eval()
+    without = AutoModelForCausalLM.from_pretrained(bare).eval()
+    got = {k: v for k, v in with_fields.config.rope_parameters.items() if k != "type"}
+    assert got == without.config.rope_parameters
+    ids = tokens(TARGET)
+    assert torch.equal(logits(with_fields, ids), logits(without, ids))
+    for a, b in zip(with_fields.model.rotary_emb.buffers(), without.model.rotary_emb.buffers()):
+        assert torch.equal(a, b)
+
+
+def test_pi_rope_does_not_depend_on_max_position_embeddings(patched, tmp_path):
+    """Evidence for a later change (not made here): pi with max_position_embeddings = L instead of the target
+    reloads in stock transformers 5 with the same rope and logits, and vLLM would then derive L x factor = target."""
+    directory, data, _ = patched["pi"]
+    low = tmp_path / "low"
+    shutil.copytree(directory, low)
+    (low / "config.json").write_text(json.dumps({**data, "max_position_embeddings": NATIVE}))
+    ids = tokens(TARGET)
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(directory).eval(), ids),
+                       logits(AutoModelForCausalLM.from_pretrained(low).eval(), ids))
+    assert engine_view(json.loads((low / "config.json").read_text()))[VLLM].max_length == TARGET
+
+
+def test_unpatch_without_backup_drops_the_written_copies(tiny_dir):
+    original = json.loads((tiny_dir / "config.json").read_text())
+    ctxext.patch_directory(tiny_dir, "ntk", factor=FACTOR)
+    (tiny_dir / "config.json.ctxext-orig").unlink()
+    ctxext.unpatch_directory(tiny_dir)
+    restored = json.loads((tiny_dir / "config.json").read_text())
+    assert "rope_scaling" not in restored and "ctxext" not in restored
+    assert restored["rope_parameters"] == original["rope_parameters"]
+    assert restored.get("rope_theta", original["rope_parameters"]["rope_theta"]) == 10000.0
+
+
+def test_patch_result_serve_commands(patched):
+    directory, _, result = patched["yarn"]
+    assert result.serve_commands == [
+        f"transformers: AutoModelForCausalLM.from_pretrained({str(directory)!r})",
+        f"vLLM: vllm serve {directory} --max-model-len {TARGET}",
+        f"SGLang: python -m sglang.launch_server --model-path {directory} --context-length {TARGET}",
+    ]
+    pi = patched["pi"][2].serve_commands
+    assert f"--max-model-len {TARGET}  # without it vLLM would accept {TARGET * FACTOR} tokens" in pi[1]
+    for method in ("dynamic-yarn", "dca", "self-extend", "dynamic-ntk"):
+        lines = patched[method][2].serve_commands
+        assert lines[-2].startswith("vLLM: cannot serve the extension: ")
+        assert lines[-1].startswith("SGLang: cannot serve the extension: ")
+    assert "ctxext.from_pretrained" in patched["dca"][2].serve_commands[0]
+
+
+def test_serve_commands_long_target_needs_the_engine_override():
+    config = {"max_position_embeddings": 64, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
+              "ctxext": {"method": "ntk", "target_length": 128}}
+    lines = serve_commands(config, "M")
+    assert lines[1] == "vLLM: VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 vllm serve M --max-model-len 128"
+    assert lines[2].startswith("SGLang: SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 ")
+
+
+def test_sglang_dca_note_for_qwen():
+    config = {"model_type": "qwen2", "max_position_embeddings": 64,
+              "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
+              "ctxext": {"method": "dca", "target_length": 128}}
+    views = engine_view(config)
+    assert "dual_chunk_attention_config" in views[SGL].note
+    assert "dual_chunk_attention_config" not in views[VLLM].note
+
+
+def test_cli_patch_prints_serve_lines(tiny_dir, capsys):
+    from ctxext.cli import main
+
+    assert main(["patch", "--method", "pi", "--factor", str(FACTOR), str(tiny_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"serve: vLLM: vllm serve {tiny_dir} --max-model-len {TARGET}" in out
+    assert "serve: transformers: AutoModelForCausalLM.from_pretrained(" in out

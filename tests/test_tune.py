@@ -1,0 +1,172 @@
+"""``ctxext tune`` (ranking, an end-to-end run on a tiny model, the cache) and ``--method auto``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import ctxext
+from ctxext import auto
+from ctxext.auto import RULE_LOADED
+from ctxext.cli import main
+from ctxext.config import ExtensionRecord
+from ctxext.errors import CtxextError
+from ctxext.eval import runner
+from ctxext.eval import tune as tune_module
+from ctxext.eval.runner import EvalConfig, check_config
+from ctxext.eval.tune import Row, rank, seeded_order, tune
+
+from conftest import make_model
+
+SMALL = dict(methods=["yarn", "ntk"], short_length=300, tasks=["passkey"], depths=[0.5])  # passkey fits 300 bytes
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Each test its own tune cache (CTXEXT_CACHE), and one thread for the 2-layer models."""
+    monkeypatch.setenv("CTXEXT_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tmp_path / "cache"
+    torch.set_num_threads(threads)
+
+
+def _row(name, index, target, short, ppl=None):
+    return Row(name, name, {}, index, target_score=target, short_score=short, perplexity=ppl)
+
+
+def test_a_short_context_loss_ranks_below_every_candidate_without_one():
+    rows = [_row("a", 0, 100.0, 50.0), _row("b", 1, 0.0, 100.0), _row("c", 2, 10.0, 100.0)]
+    ranked = rank(rows, baseline_short=100.0)
+    assert [r.label for r in ranked] == ["c", "b", "a"]
+    assert [r.short_loss for r in ranked] == [False, False, True]
+
+
+def test_perplexity_breaks_ties_then_the_candidate_list_order():
+    rows = [_row("a", 0, 50.0, 100.0, 9.0), _row("b", 1, 50.0, 100.0, 3.0), _row("c", 2, 50.0, 100.0, None),
+            _row("d", 3, 50.0, 100.0, 3.0)]
+    assert [r.label for r in rank(rows, 100.0)] == ["b", "d", "a", "c"]
+    errored = _row("e", 4, None, None)
+    errored.error = "boom"
+    assert rank([errored, _row("f", 5, 0.0, 0.0)], None)[-1].label == "e"
+
+
+def test_the_seeded_order_is_deterministic():
+    assert seeded_order(9, 0) == seeded_order(9, 0)
+    assert sorted(seeded_order(9, 3)) == list(range(9))
+    assert any(seeded_order(9, s) != seeded_order(9, 0) for s in range(1, 5))
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    assert "usage: ctxext tune" in capsys.readouterr().out
+
+
+def test_candidates_and_auto_are_not_a_method():
+    labels = [r.label for r in tune_module.candidates(None, 4096, 16384)]
+    assert "dca temperature=True" in labels and "string shifted_fraction=0.33" in labels
+    assert "rerope log_scaling=True" in labels and sum(lab.startswith("self-extend") for lab in labels) == 2
+    assert "auto" not in ctxext.list_methods()
+
+
+def test_tune_end_to_end_on_a_tiny_model_then_the_cache_answers(tiny_eval_dir, tmp_path, cache, monkeypatch, capsys):
+    out = tmp_path / "tune"
+    assert main(["tune", str(tiny_eval_dir), "--target-length", "400", "--short-length", "300", "--methods",
+                 "yarn,ntk", "--tasks", "passkey", "--depths", "0.5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tune of " in printed and "retrieval@400" in printed and "winner: " in printed
+    result = tune_module.TuneResult.from_dict(json.loads((out / "tune.json").read_text()), out, None)
+    result.cached = False
+    result.cache = next(cache.glob("*.json"))
+    assert not result.cached and {r.label for r in result.rows} == {"yarn", "ntk"}
+    for row in result.rows:  # random weights retrieve nothing: the table says so
+        assert row.target_score == 0.0 and row.short_score == 0.0 and not row.short_loss
+        assert row.perplexity is not None and row.perplexity > 1 and row.seconds > 0
+    assert result.baseline_short == 0.0
+    assert result.rows[0].perplexity <= result.rows[1].perplexity  # the tie-breaker decided
+    lines = result.lines()
+    assert lines[1].split() == ["rank", "method", "parameters", "retrieval@400", "short@300", "ppl", "seconds"]
+    assert "no candidate retrieved anything at the target length" in lines[-2]
+    data = json.loads((out / "tune.json").read_text())
+    assert data["winner"] == {"method": result.rows[0].method, "params": {}, "label": result.rows[0].label}
+    assert [r["target_score"] for r in data["ranking"]] == [0.0, 0.0]
+    assert result.cache.parent == cache and json.loads(result.cache.read_text())["winner"] == data["winner"]
+
+    def fail(*args, **kwargs):
+        pytest.fail("the cached result was measured again")
+
+    monkeypatch.setattr(runner, "greedy_generate", fail)
+    monkeypatch.setattr(tune_module, "load_model", fail)
+    again = tune(tiny_eval_dir, 400, out=tmp_path / "elsewhere", **SMALL)
+    assert again.cached and again.winner == result.winner and "(cached)" in again.lines()[0]
+    assert json.loads((tmp_path / "elsewhere" / "tune.json").read_text())["winner"] == result.winner
+
+    # auto reads the cached winner: extend on the loaded checkpoint, and the eval runner's resolution
+    model = AutoModelForCausalLM.from_pretrained(tiny_eval_dir)
+    ctxext.extend(model, "auto", target_length=400)
+    assert model.config.ctxext["method"] == result.winner["method"]
+    assert "ctxext tune result" in model.config.ctxext["auto"]["reason"]
+    config = EvalConfig(model=str(tiny_eval_dir), out=tmp_path / "eval", methods=["auto"], target_length=400)
+    check_config(config)
+    assert config.methods == [result.winner["method"]] and "ctxext tune result" in config.auto["reason"]
+
+
+def test_auto_without_a_cache_uses_the_rule_and_records_it(tiny_dir, tmp_path, capsys):
+    model = make_model()
+    ctxext.extend(model, "auto", factor=4)
+    record = ExtensionRecord.of(model.config)
+    method, params = RULE_LOADED
+    assert record.method == method and record.params.items() >= params.items() and record.target_length == 256
+    assert record.auto["chose"] == method and "rule" in record.auto["reason"]
+    ctxext.restore(model)
+    with pytest.raises(CtxextError, match="chooses its parameters"):
+        ctxext.extend(model, "auto", factor=4, beta_fast=16)
+
+    config = EvalConfig(model=str(tiny_dir), out=tmp_path / "eval", methods=["auto"], factor=2)
+    check_config(config)
+    assert config.methods == [method] and config.params == params
+    with pytest.raises(CtxextError, match="stands alone"):
+        check_config(EvalConfig(model=str(tiny_dir), out=tmp_path / "e", methods=["auto", "yarn"], factor=2))
+
+    # ctxext patch --method auto: config-only, so yarn; the choice is in config.json's record
+    assert main(["patch", str(tiny_dir), "--method", "auto", "--target-length", "256"]) == 0
+    assert "auto chose yarn" in capsys.readouterr().out
+    saved = json.loads((tiny_dir / "config.json").read_text())
+    assert saved["ctxext"]["method"] == "yarn" and saved["ctxext"]["auto"]["chose"] == "yarn"
+    assert ExtensionRecord.of(saved).auto["chose"] == "yarn"
+    loaded = ctxext.from_pretrained(tiny_dir)
+    assert loaded.config.ctxext["auto"]["chose"] == "yarn"  # reapply keeps it
+
+
+def test_patch_auto_uses_a_cached_winner_and_old_records_still_load(tiny_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    auto.write_cached(str(copy), copy, 256, {"winner": {"method": "ntk", "params": {}, "label": "ntk"}})
+    result = ctxext.patch(copy, "auto", target_length=256)
+    assert result.record.method == "ntk" and "ctxext tune result" in result.record.auto["reason"]
+    assert json.loads((copy / "config.json").read_text())["ctxext"]["auto"]["chose"] == "ntk"
+    old = {k: v for k, v in result.record.to_dict().items() if k != "auto"}
+    assert ExtensionRecord.from_dict(old).auto is None and "auto" not in ExtensionRecord.from_dict(old).to_dict()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--target-length", "64"], "is not beyond the native length 64"),
+    (["--target-length", "400", "--methods", "bogus"], "unknown method 'bogus'"),
+    (["--target-length", "400", "--methods", "auto"], "'auto' is what tune feeds"),
+    (["--target-length", "400", "--methods", "pi"], "tune has no candidates for pi"),
+    (["--target-length", "400", "--depths", "2"], "--depths"),
+    (["--target-length", "400", "--samples", "0"], "--samples must be a whole number of at least 1"),
+    (["--target-length", "400", "--short-length", "10"], "too short"),
+])
+def test_bad_input_is_one_line_before_the_model_loads(tiny_eval_dir, tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.setattr(tune_module, "load_model", lambda config: pytest.fail("the model was loaded"))
+    out = tmp_path / "tune"
+    assert main(["tune", str(tiny_eval_dir), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ctxext: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
