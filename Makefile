@@ -23,8 +23,8 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 demo: install
-	# before/after: unpatched vs YaRN x2, passkey and perplexity at 4k (native 8k) and 10k (beyond it)
-	$(VENV)/bin/ctxext eval smollm2 --method yarn --factor 2 --tasks passkey,ppl --lengths 4k,10k \
+	# before/after: unpatched vs ReRoPE (log-n scaling), passkey and perplexity at 4k (native 8k) and 10k (beyond it)
+	$(VENV)/bin/ctxext eval smollm2 --method rerope --log-scaling true --factor 2 --tasks passkey,ppl --lengths 4k,10k \
 		--samples 2 --depths 0.25,0.75 --out build/demo
 
 clean:

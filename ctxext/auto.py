@@ -3,13 +3,13 @@
 ``resolve`` picks a concrete method and parameters for a model and target length:
 
 1. the cached ``ctxext tune`` winner for (model path, config.json hash, target length), when there is one;
-2. otherwise a fixed rule: ``dca`` with ``temperature=True`` where the model is run through ctxext
-   (``extend`` on a loaded model, ``ctxext eval``, or a checkpoint reloaded with ``ctxext.from_pretrained``);
-   ``yarn`` where only the config is patched for other engines (``ctxext patch``), since stock
-   transformers, vLLM and llama.cpp load yarn. The evidence is the 16k passkey table on SmolLM2 in
-   BENCHMARKS.md: dca (default parameters) and self-extend retrieve 3/5 there, yarn 2/5 (the best
-   config-only method); dca's temperature is the DCA paper's setting beyond the native length and is
-   not measured there yet.
+2. otherwise a fixed rule: ``rerope`` with ``log_scaling=True`` where the model is run through
+   ctxext (``extend`` on a loaded model, ``ctxext eval``, or a checkpoint reloaded with
+   ``ctxext.from_pretrained``); ``yarn`` where only the config is patched for other engines
+   (``ctxext patch``), since stock transformers, vLLM and llama.cpp load yarn. The evidence is
+   the 10-prompt passkey table on SmolLM2 in BENCHMARKS.md: at 16k (2x), ReRoPE with log-n
+   scaling retrieved every key of the first 5 prompts, DCA with its temperature 6/10, and in
+   the earlier 5-prompt run yarn (the best config-only method) 2/5.
 
 The cache is one JSON file per key in ``$CTXEXT_CACHE`` (default ``~/.cache/ctxext/tune``). This
 module reads and writes files only; it never loads a model.
