@@ -41,10 +41,10 @@ def resolve_model_path(path: str | os.PathLike) -> ModelLocation:
     if p.is_file():
         if p.suffix.lower() != ".gguf":
             raise CtxextError(f"{p}: expected a model directory or a .gguf file")
-        if not _permitted(p, os.R_OK, 0o444):
+        if not permitted(p, os.R_OK, 0o444):
             raise CtxextError(f"{p}: not readable")
         return ModelLocation(p.parent, p.name)
-    if not _permitted(p, os.R_OK | os.X_OK, 0o444):
+    if not permitted(p, os.R_OK | os.X_OK, 0o444):
         raise CtxextError(f"{p}: directory is not readable")
     if not (p / CONFIG).is_file():
         raise CtxextError(f"{p}: no config.json in this directory")
@@ -64,17 +64,17 @@ def read_config_json(directory: Path, name: str = CONFIG) -> tuple[bytes, dict[s
     return raw, data
 
 
-def _permitted(path: Path, access: int, mode_bits: int) -> bool:
+def permitted(path: Path, access: int, mode_bits: int) -> bool:
     # The mode bits are checked too: root passes os.access() on read-only files.
     return os.access(path, access) and bool(stat.S_IMODE(path.stat().st_mode) & mode_bits)
 
 
 def check_writable(directory: Path) -> None:
-    if not _permitted(directory, os.W_OK | os.X_OK, 0o222):
+    if not permitted(directory, os.W_OK | os.X_OK, 0o222):
         raise CtxextError(f"{directory}: directory is read-only")
     for name in (CONFIG, BACKUP):
         path = directory / name
-        if path.exists() and not _permitted(path, os.W_OK, 0o222):
+        if path.exists() and not permitted(path, os.W_OK, 0o222):
             raise CtxextError(f"{path}: file is read-only")
 
 
@@ -154,5 +154,5 @@ def ensure_new_output(output: Path) -> None:
     parent = output.parent
     if not parent.is_dir():
         raise CtxextError(f"{parent}: no such directory for the output")
-    if not _permitted(parent, os.W_OK | os.X_OK, 0o222):
+    if not permitted(parent, os.W_OK | os.X_OK, 0o222):
         raise CtxextError(f"{parent}: directory is read-only")

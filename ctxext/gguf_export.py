@@ -23,13 +23,13 @@ import mmap
 import os
 import shlex
 import shutil
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .atomic import new_file
+from .checkpoint import permitted
 from .config import ExtensionRecord
 from .errors import CtxextError
 from .plan import ExtensionPlan, plan_extension
@@ -441,7 +441,7 @@ def check_new_gguf_output(output: Path, source: Path) -> None:
     parent = output.parent
     if not parent.is_dir():
         raise CtxextError(f"{parent}: no such directory for the output")
-    if not os.access(parent, os.W_OK | os.X_OK) or not stat.S_IMODE(parent.stat().st_mode) & 0o222:
+    if not permitted(parent, os.W_OK | os.X_OK, 0o222):
         raise CtxextError(f"{parent}: directory is read-only")
     if shutil.disk_usage(parent).free < source.stat().st_size:
         raise CtxextError(f"{parent}: not enough free space for a copy of {source.name} "

@@ -36,10 +36,15 @@ from .checkpoint import (
 )
 from .config import ExtensionRecord
 from .errors import CtxextError
-from .plan import ExtensionPlan, plan_extension, take_off_record
+from .plan import ExtensionPlan, plan_extension, planned_extension, take_off_record
 from .serving import LEGACY_ROPE_TYPES, serve_commands
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise CtxextError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
 @dataclass
@@ -165,8 +170,7 @@ def patch_gguf(gguf: str | Path, output: str | Path, method: str, *, dtype: str 
     location = resolve_model_path(gguf)
     if location.gguf_file is None:
         raise CtxextError(f"{gguf}: not a .gguf file")
-    if dtype not in DTYPES:
-        raise CtxextError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     output = Path(output)
     ensure_new_output(output)
     config = AutoConfig.from_pretrained(location.directory, gguf_file=location.gguf_file)
@@ -292,8 +296,9 @@ def _patch_auto(model: str | Path, *, output, dry_run: bool, dtype: str, **optio
 
 def _check_options(config, method: str, *, factor=None, target_length=None, original_length=None, replace=False,
                    rope_layer_types=None, **params) -> None:
-    plan_extension(config, method, factor=factor, target_length=target_length, original_length=original_length,
-                   rope_layer_types=rope_layer_types, replace_native_scaling=replace, params=params)
+    """``patch_gguf``'s keyword options checked on the config alone, as ``extend`` will plan them."""
+    planned_extension(config, method, factor=factor, target_length=target_length, original_length=original_length,
+                      replace=replace, rope_layer_types=rope_layer_types, params=params)
 
 
 def _unpatched_config(directory: Path):

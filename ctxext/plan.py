@@ -114,6 +114,25 @@ def plan_extension(
     return ExtensionPlan(rope_method, method_config, scalings, fields, record)
 
 
+def planned_extension(config: Any, method: str, *, factor: float | None = None, target_length: int | None = None,
+                      original_length: int | None = None, replace: bool = False,
+                      rope_layer_types: list[str] | None = None, params: dict | None = None,
+                      restore_first: bool = False) -> ExtensionPlan:
+    """The plan ``extend(model, method, ...)`` makes on a model with ``config``, computed from the config alone.
+
+    A config that carries a ctxext patch (a patched checkpoint, as ``ctxext.from_pretrained`` loads it) is refused
+    as ``extend`` refuses it, unless ``replace``; ``restore_first``: the caller restores the model before extending
+    it (``ctxext eval``), so the patch is taken off in any case. ``config`` itself is left as it is.
+    """
+    config = copy.deepcopy(config)
+    existing = take_off_record(config)
+    if existing is not None and not (replace or restore_first):
+        raise CtxextError(f"model is already extended with '{existing.method}'; pass replace=True (--replace) "
+                          "to replace that extension")
+    return plan_extension(config, method, factor=factor, target_length=target_length, original_length=original_length,
+                          rope_layer_types=rope_layer_types, replace_native_scaling=replace, params=params)
+
+
 def _record(method, method_config, scaling: Scaling, layer_types, replaced: dict[str, Any]) -> ExtensionRecord:
     return ExtensionRecord(
         method=method.name,

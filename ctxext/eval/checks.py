@@ -1,7 +1,7 @@
 """Checks that need no model weights, shared by ``ctxext eval`` / ``passkey`` and ``finetune``.
 
 A model's config (``AutoConfig``, no weights read, GGUF included) is enough to plan an
-extension exactly as ``extend`` will (``plan.plan_extension``), and its tokenizer is enough
+extension exactly as ``extend`` will (``plan.planned_extension``), and its tokenizer is enough
 to build and size every prompt; so both run before the slow model load, together with the
 device, dtype and length checks. Errors from the libraries that read a model's files become
 one-line :class:`~ctxext.errors.CtxextError` messages.
@@ -9,14 +9,11 @@ one-line :class:`~ctxext.errors.CtxextError` messages.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
 from ..checkpoint import ModelLocation
 from ..errors import CtxextError
-from ..patching import DTYPES
-from ..plan import ExtensionPlan, plan_extension, take_off_record
 from ..rope_config import read_rope_setup, text_config
 
 MAX_LENGTH = 4 * 1024 * 1024  # tokens: the longest prompt or window ctxext builds (4m)
@@ -72,29 +69,6 @@ def load_weights(path, **kwargs: Any):
 def native_length(config: Any) -> int:
     """The model's native context length; refuses models without rotary embeddings."""
     return read_rope_setup(text_config(config)).native_length
-
-
-def planned_extension(config: Any, method: str, *, factor: float | None = None, target_length: int | None = None,
-                      original_length: int | None = None, replace: bool = False, params: dict | None = None,
-                      restore_first: bool = False) -> ExtensionPlan:
-    """The plan ``extend(model, method, ...)`` makes on a model with ``config``, computed from the config alone.
-
-    A config that carries a ctxext patch (a patched checkpoint, as ``ctxext.from_pretrained`` loads it) is refused
-    as ``extend`` refuses it, unless ``replace``; ``restore_first``: the caller restores the model before extending
-    it (``ctxext eval``), so the patch is taken off in any case. ``config`` itself is left as it is.
-    """
-    config = copy.deepcopy(config)
-    existing = take_off_record(config)
-    if existing is not None and not (replace or restore_first):
-        raise CtxextError(f"model is already extended with '{existing.method}'; pass replace=True (--replace) "
-                          "to replace that extension")
-    return plan_extension(config, method, factor=factor, target_length=target_length, original_length=original_length,
-                          replace_native_scaling=replace, params=params)
-
-
-def check_dtype(dtype: str) -> None:
-    if dtype not in DTYPES:
-        raise CtxextError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
 def check_device(device) -> Any:

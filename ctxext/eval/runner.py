@@ -22,13 +22,14 @@ from ..auto import is_auto, resolve
 from ..checkpoint import ModelLocation, resolve_model_path
 from ..config import ExtensionRecord
 from ..errors import CtxextError
+from ..patching import check_dtype
+from ..plan import planned_extension
 from ..registry import get_method
 from ..rope_config import read_rope_setup, text_config
 from . import perplexity
 from .checks import (
     check_count,
     check_device,
-    check_dtype,
     check_fraction,
     check_length,
     check_token_ids,
@@ -37,7 +38,6 @@ from .checks import (
     model_config,
     native_length,
     one_line,
-    planned_extension,
 )
 from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL, THRESHOLD
 from .generation import greedy_generate

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 
 from ..atomic import atomic_write
+from ..checkpoint import permitted
 from ..errors import CtxextError
 
 RECORDS = "records.jsonl"
@@ -29,11 +29,6 @@ SETTINGS = "run.json"
 
 def record_key(record: dict) -> tuple:
     return record["method"], record["task"], record["length"], record["sample"]
-
-
-def _permitted(path: Path, access: int, mode_bits: int) -> bool:
-    # The mode bits are checked too: root passes os.access() on read-only folders.
-    return os.access(path, access) and bool(stat.S_IMODE(path.stat().st_mode) & mode_bits)
 
 
 class RecordStore:
@@ -56,12 +51,12 @@ class RecordStore:
             existing = next(p for p in [out, *out.parents] if p.exists() or p == p.parent)
             if not existing.is_dir():
                 raise CtxextError(f"{out}: cannot write the report there ({existing} is not a directory)")
-            if not _permitted(existing, os.W_OK | os.X_OK, 0o222):
+            if not permitted(existing, os.W_OK | os.X_OK, 0o222):
                 raise CtxextError(f"{out}: cannot write the report there ({existing} is read-only)")
             return
         if not out.is_dir():
             raise CtxextError(f"{out}: cannot write the report there (it is a file, not a directory)")
-        if not _permitted(out, os.R_OK | os.X_OK, 0o444) or not _permitted(out, os.W_OK | os.X_OK, 0o222):
+        if not permitted(out, os.R_OK | os.X_OK, 0o444) or not permitted(out, os.W_OK | os.X_OK, 0o222):
             raise CtxextError(f"{out}: cannot write the report there (the directory is read-only or unreadable)")
         settings_path = out / SETTINGS
         if not settings_path.exists():

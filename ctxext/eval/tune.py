@@ -35,7 +35,8 @@ from ..atomic import atomic_write
 from ..errors import CtxextError
 from ..registry import get_method
 from . import perplexity
-from .checks import check_count, check_fraction, check_length, load_tokenizer, native_length, planned_extension
+from ..plan import planned_extension
+from .checks import check_count, check_fraction, check_length, load_tokenizer, native_length
 from .constants import BASELINE
 from .runner import EvalConfig, _generation_record, _ppl_record, build_samples, check_config, load_model
 from .store import RecordStore

@@ -24,6 +24,7 @@ from ..checkpoint import ensure_new_output, resolve_model_path
 from ..config import ExtensionRecord
 from ..default_model import ALIAS
 from ..errors import CtxextError
+from ..plan import planned_extension
 from ..eval.checks import (
     check_count,
     check_device,
@@ -31,7 +32,6 @@ from ..eval.checks import (
     load_tokenizer,
     load_weights,
     model_config,
-    planned_extension,
 )
 from ..eval.perplexity import perplexity
 from .adapter import save_adapter, save_merged, wrap_with_lora, write_meta
