@@ -8,6 +8,7 @@ from conftest import FAMILIES, byte_tokenizer, make_model, tokens
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from ctxext.errors import CtxextError
+from ctxext.hf_compat import cache_keyword, returned_cache
 from ctxext.eval.perplexity import perplexity as eval_perplexity
 from ctxext.eval.perplexity import text_ids
 from ctxext.recipes import list_recipes, load_recipe, perplexity, pose_position_ids
@@ -102,7 +103,7 @@ def test_jumping_position_ids_reach_the_rotary_module_and_keep_the_causal_mask()
     with torch.no_grad():
         whole = model(input_ids=ids, position_ids=positions, attention_mask=torch.ones_like(ids)).logits
         first = model(input_ids=ids[:, :10], position_ids=positions[:, :10], use_cache=True)
-        second = model(input_ids=ids[:, 10:], position_ids=positions[:, 10:], past_key_values=first.past_key_values,
+        second = model(input_ids=ids[:, 10:], position_ids=positions[:, 10:], **{cache_keyword(model): returned_cache(first)},
                        attention_mask=torch.ones_like(ids)).logits
         dense = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         no_mask = model(input_ids=ids, position_ids=positions, use_cache=False).logits

@@ -11,6 +11,7 @@ import torch
 
 import ctxext
 from ctxext.attention import bands
+from ctxext.hf_compat import returned_cache
 
 import attention_reference
 from conftest import NATIVE, logits, make_model, tokens
@@ -63,9 +64,9 @@ def test_the_cache_holds_keys_at_position_j_over_k(leaky):
     ids = tokens(40)
     params = dict(PLAIN) if leaky is None else dict(PLAIN, leaky=leaky)
     with torch.no_grad():
-        cache = _extended("llama", params)(input_ids=ids, use_cache=True).past_key_values
+        cache = returned_cache(_extended("llama", params)(input_ids=ids, use_cache=True))
         positions = torch.zeros(1, 40) if leaky is None else torch.arange(40.0)[None] / leaky
-        plain = make_model("llama")(input_ids=ids, position_ids=positions, use_cache=True).past_key_values
+        plain = returned_cache(make_model("llama")(input_ids=ids, position_ids=positions, use_cache=True))
     torch.testing.assert_close(cache.layers[0].keys, plain.layers[0].keys, atol=0, rtol=0)
 
 

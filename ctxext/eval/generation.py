@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..hf_compat import cache_keyword, returned_cache
+
 
 def _eos_ids(model, tokenizer) -> set[int]:
     ids = {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
@@ -23,11 +25,12 @@ def greedy_generate(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple
     input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=True)["input_ids"].to(device)
     eos = _eos_ids(model, tokenizer)
     out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+    keyword = cache_keyword(model)
     generated: list[int] = []
     while True:
         next_id = out.logits[:, -1].argmax(dim=-1, keepdim=True)
         generated.append(int(next_id))
         if generated[-1] in eos or len(generated) >= max_new_tokens:
             break
-        out = model(input_ids=next_id, past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=next_id, **{keyword: returned_cache(out)}, use_cache=True, logits_to_keep=1)
     return tokenizer.decode(generated, skip_special_tokens=True), input_ids.shape[1]

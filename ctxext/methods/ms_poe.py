@@ -27,6 +27,7 @@ from ..attention.kernels import rotate
 from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
 from ..config import param
 from ..errors import CtxextError
+from ..hf_compat import cache_given
 from ..registry import AttentionMethod, register
 from ._shared import whole
 
@@ -78,7 +79,7 @@ class MsPoERuntime(AttentionRuntime):
             self._hooks.append(module.register_forward_pre_hook(self._remember_cache, with_kwargs=True))
 
     def _remember_cache(self, module, args, kwargs):
-        self.cache = kwargs.get("past_key_values")
+        self.cache = cache_given(kwargs)
 
     def prepare(self, module, query, key, groups, scale):
         layer = module.layer_idx
