@@ -105,8 +105,3 @@ def test_the_old_patches_package_is_a_deprecated_alias_of_methods():
 
     assert ntk_theta is ntk.ntk_theta and StringConfig is string.StringConfig and patches.methods is ctxext.methods
 
-
-def test_every_module_parses_as_python_3_10():
-    """pyproject allows Python 3.10: no syntax from a later release."""
-    for path in PACKAGE.rglob("*.py"):
-        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))

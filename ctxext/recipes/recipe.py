@@ -8,17 +8,12 @@ settings. Every field can be overridden when calling ``finetune``.
 from __future__ import annotations
 
 import dataclasses
-import sys
+import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from ..errors import CtxextError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10 has no tomllib; tomli is the same parser
-    import tomli as tomllib
 
 POSITIONS = ("pose", "dense")
 
