@@ -90,6 +90,9 @@ def recorded_original(data: dict[str, Any], record: ExtensionRecord) -> dict[str
     """A patched config.json with the fields its record replaced put back and the record dropped."""
     original = {k: v for k, v in data.items() if k not in ("ctxext", "rope_scaling")}  # rope_scaling: the patch's copy
     original.update(record.replaced)
+    for name, value in record.replaced.items():
+        if value is None:  # a section the patch added (an engine's), absent from the original
+            original.pop(name)
     rope = record.replaced.get("rope_parameters")
     if "rope_theta" in original and isinstance(rope, dict) and "rope_theta" in rope:
         original["rope_theta"] = rope["rope_theta"]  # the patch's top-level copy of the base

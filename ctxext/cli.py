@@ -146,6 +146,9 @@ def _add_patch_parser(commands) -> None:
     _add_runtime(p, device=False)
     p.add_argument("--dry-run", action="store_true",
                    help="print the config.json diff (GGUF to .gguf: the metadata diff) and write nothing")
+    p.add_argument("--engine-config", choices=["sglang"],
+                   help="also write an engine's own section: sglang = dual_chunk_attention_config, so that SGLang "
+                        "serves a dca patch of a Qwen2/Qwen3 model with its own Dual Chunk Attention")
     _add_method_parameters(p)
 
 
@@ -290,7 +293,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
     result = patch(args.model, args.method, factor=args.factor, target_length=args.target_length,
                    original_length=args.original_length, output=args.output, replace=args.replace,
                    rope_layer_types=_layer_types(args), dry_run=args.dry_run, dtype=args.dtype,
-                   **_collect_params(args))
+                   engine_config=args.engine_config, **_collect_params(args))
     if result.diff is not None:
         print(result.diff)
         return 0

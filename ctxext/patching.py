@@ -14,6 +14,7 @@ to a patched directory's record.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 from dataclasses import dataclass, field
@@ -37,9 +38,10 @@ from .checkpoint import (
 from .config import ExtensionRecord
 from .errors import CtxextError
 from .plan import ExtensionPlan, plan_extension, planned_extension, take_off_record
-from .serving import LEGACY_ROPE_TYPES, serve_commands
+from .serving import DUAL_CHUNK, LEGACY_ROPE_TYPES, serve_commands, sglang_dual_chunk_config
 
 DTYPES = ("float32", "bfloat16", "float16")
+ENGINE_CONFIGS = (None, "sglang")  # engine sections patch_directory can write into config.json
 
 
 def check_dtype(dtype: str) -> None:
@@ -67,22 +69,29 @@ def patch(
     output: str | Path | None = None,
     dry_run: bool = False,
     dtype: str = "float32",
+    engine_config: str | None = None,
     **options: Any,
 ) -> PatchResult:
     """Patch a model directory (``patch_directory``) or a GGUF file (``patch_gguf``) on disk.
 
     ``options`` are the lengths, ``replace``, ``rope_layer_types`` and the method's parameters,
-    as for ``patch_directory``. A GGUF file goes to ``output``: a new .gguf (metadata patched,
+    as for ``patch_directory``; ``engine_config`` too (directories only). A GGUF file goes to ``output``: a new .gguf (metadata patched,
     tensors kept) or a new directory (de-quantized safetensors).
     """
     if is_auto(method):
+        if engine_config is not None:
+            raise CtxextError("--engine-config needs a method of its own (sglang: --method dca), not auto")
         return _patch_auto(model, output=output, dry_run=dry_run, dtype=dtype, **options)
     location = resolve_model_path(model)
     if location.gguf_file is None:
         if output is not None and _is_gguf_name(output):
             raise CtxextError(f"{output}: a model directory is patched into a directory; converting it to GGUF "
                               "is llama.cpp's convert_hf_to_gguf.py, then patch that .gguf")
-        return patch_directory(location.directory, method, output=output, dry_run=dry_run, **options)
+        return patch_directory(location.directory, method, output=output, dry_run=dry_run,
+                               engine_config=engine_config, **options)
+    if engine_config is not None:
+        raise CtxextError("--engine-config writes an engine's section of config.json: it applies to model "
+                          "directories, not GGUF files")
     if output is None:
         raise CtxextError("a GGUF file is never patched in place: give an output, a new .gguf file (metadata "
                           "patched, tensors kept) or a new directory (de-quantized safetensors)")
@@ -103,13 +112,18 @@ def patch_directory(
     replace: bool = False,
     rope_layer_types: list[str] | None = None,
     dry_run: bool = False,
+    engine_config: str | None = None,
     **params: Any,
 ) -> PatchResult:
     """Extend a model directory by rewriting its config.json (in place, or in a copy at ``output``).
 
     An already patched directory is refused unless ``replace=True``, which patches the
     original config again. ``dry_run`` writes nothing and returns the config.json diff.
+    ``engine_config="sglang"`` (with ``dca`` on a Qwen2/Qwen3 model) also writes SGLang's
+    ``dual_chunk_attention_config``, so that SGLang serves the patch with its own DCA.
     """
+    if engine_config not in ENGINE_CONFIGS:
+        raise CtxextError(f"unknown engine config {engine_config!r}; choose from: {', '.join(ENGINE_CONFIGS[1:])}")
     location = resolve_model_path(directory)
     if location.gguf_file is not None:
         raise CtxextError(f"{directory}: a GGUF file, not a model directory; use patch_gguf")
@@ -126,6 +140,10 @@ def patch_directory(
     elif saved:  # the kept original is gone: rebuild it from the record, and keep no patched config as one
         original_raw, original = None, recorded_original(data, saved)
     patched = _patched_json(original, plan)
+    if engine_config == "sglang":
+        plan.record.replaced[DUAL_CHUNK] = copy.deepcopy(original.get(DUAL_CHUNK))
+        patched[DUAL_CHUNK] = sglang_dual_chunk_config(patched)
+        patched["ctxext"] = plan.record.to_dict()
     result = PatchResult(directory, plan.record, plan.method.stock_loadable)
     result.serve_commands = serve_commands(patched, directory if output is None else output)
     if dry_run:

@@ -16,7 +16,9 @@ engines' own, read from their code:
   is a fixed NTK base for that derived length, not a length-dependent one. Attention-level
   methods are not in config.json's rope: it serves those models unpatched.
 - **SGLang** (``get_context_length``) follows the same rope rule as vLLM; its own DCA is
-  ``dual_chunk_attention_config`` for Qwen2/Qwen3 only, which ctxext does not write.
+  ``dual_chunk_attention_config`` (``chunk_size`` c, ``local_size`` w, chunks of c - w tokens,
+  as ctxext's ``dca``) for Qwen2/Qwen3 only: ``patch_directory(..., engine_config="sglang")``
+  writes it (:func:`sglang_dual_chunk_config`).
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import CtxextError
+
 ENGINES = ("transformers-5", "transformers-4", "vllm", "sglang")
 # rope types transformers 4.x / vLLM / SGLang read from rope_scaling
 LEGACY_ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3", "longrope")
 VLLM_ROPE_TYPES = ("default",) + LEGACY_ROPE_TYPES
 DEFAULT_THETA = 10000.0
 DCA_MODEL_TYPES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+DUAL_CHUNK = "dual_chunk_attention_config"  # SGLang's DCA section of config.json
 
 
 @dataclass(frozen=True)
@@ -157,16 +162,54 @@ def _served(config: dict[str, Any], t5: EngineView, kind: str, method: str | Non
     note = ""
     extended = kind == "rope" and t5.loads and rope_type == t5.rope_type and _same(theta, t5.rope_theta) \
         and _same(factor, t5.factor)
-    if kind == "attention":
+    if kind == "attention" and engine == "sglang" and _serves_own_dca(config):
+        extended = True
+        note = "served by SGLang's own Dual Chunk Attention (dual_chunk_attention_config)"
+    elif kind == "attention":
         note = _attention_note(method)
         if engine == "sglang" and method == "dca" and config.get("model_type") in DCA_MODEL_TYPES:
             note += ("; SGLang's own DCA for Qwen2/Qwen3 takes a dual_chunk_attention_config "
-                     "(chunk_size, local_size), which ctxext does not write")
+                     "(chunk_size, local_size): patch with --engine-config sglang")
     elif rope_type == "dynamic":
         extended = False
         note = (f"{name}'s 'dynamic' is a fixed NTK base for max_position_embeddings x factor = {max_length} "
                 "tokens, not the length-dependent one; use --method ntk (or yarn) for it")
     return EngineView(engine, True, rope_type, factor, theta, max_length, extended, note)
+
+
+def sglang_dual_chunk_config(config_json: dict[str, Any]) -> dict[str, int]:
+    """SGLang's ``dual_chunk_attention_config`` for a config.json patched with ``dca``, or a CtxextError why not.
+
+    SGLang's DCA cuts positions into chunks of ``chunk_size - local_size`` tokens like ctxext's
+    (c, w); it has neither DCA's temperature nor log-n scaling, so those are refused.
+    """
+    from .methods.dca import chunk_sizes
+
+    record = config_json.get("ctxext") or {}
+    if record.get("method") != "dca":
+        raise CtxextError("--engine-config sglang writes SGLang's Dual Chunk Attention config: it needs --method dca")
+    model_type = config_json.get("model_type")
+    if model_type not in DCA_MODEL_TYPES:
+        raise CtxextError(f"SGLang serves Dual Chunk Attention for {', '.join(DCA_MODEL_TYPES)} models only, "
+                          f"not {model_type!r}")
+    params = record.get("params") or {}
+    extra = [name for name in ("temperature", "log_scaling") if params.get(name)]
+    if extra:
+        raise CtxextError(f"SGLang's Dual Chunk Attention has no {' or '.join(extra)}: leave it off with "
+                          "--engine-config sglang")
+    chunk, local = chunk_sizes(params.get("chunk_size"), params.get("local_window"), record["original_length"])
+    return {"chunk_size": chunk, "local_size": local, "original_max_position_embeddings": record["original_length"]}
+
+
+def _serves_own_dca(config: dict[str, Any]) -> bool:
+    """config.json carries the dual_chunk_attention_config that matches its ctxext dca patch."""
+    written = config.get(DUAL_CHUNK)
+    if not written:
+        return False
+    try:
+        return written == sglang_dual_chunk_config(config)
+    except CtxextError:
+        return False
 
 
 def serve_commands(config_json: dict[str, Any], path: str | Path) -> list[str]:

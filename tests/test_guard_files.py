@@ -176,3 +176,14 @@ def test_output_inside_the_model_directory_is_refused(tiny_dir):
     assert_one_line_error(run_cli("patch", "--method", "yarn", "--factor", "2", "--output", tiny_dir / "ext",
                                   tiny_dir), "inside the model directory")
     assert tree(tiny_dir) == before
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--method", "dca"], "models only, not 'llama'"),
+    (["--method", "yarn"], "needs --method dca"),
+    (["--method", "auto"], "not auto"),
+])
+def test_engine_config_misuse_is_one_line_and_changes_nothing(tiny_dir, extra, message):
+    before = tree(tiny_dir)
+    assert_one_line_error(run_cli("patch", *extra, "--factor", "2", "--engine-config", "sglang", tiny_dir), message)
+    assert tree(tiny_dir) == before

@@ -173,7 +173,7 @@ def test_serve_commands_long_target_needs_the_engine_override():
     assert lines[2].startswith("SGLang: SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 ")
 
 
-def test_sglang_dca_note_for_qwen():
+def test_sglang_dca_note_for_qwen_without_the_engine_config():
     config = {"model_type": "qwen2", "max_position_embeddings": 64,
               "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
               "ctxext": {"method": "dca", "target_length": 128}}
@@ -189,3 +189,56 @@ def test_cli_patch_prints_serve_lines(tiny_dir, capsys):
     out = capsys.readouterr().out
     assert f"serve: vLLM: vllm serve {tiny_dir} --max-model-len {TARGET}" in out
     assert "serve: transformers: AutoModelForCausalLM.from_pretrained(" in out
+
+
+@pytest.fixture
+def qwen_dir(tmp_path):
+    make_model("qwen2").save_pretrained(tmp_path / "tiny-qwen2")
+    return tmp_path / "tiny-qwen2"
+
+
+def test_engine_config_sglang_writes_dual_chunk_attention_config_for_qwen_dca(qwen_dir, tmp_path):
+    out = tmp_path / "dca"
+    result = ctxext.patch(qwen_dir, "dca", factor=2, output=out, engine_config="sglang", chunk_size=40)
+    written = json.loads((out / "config.json").read_text())
+    # chunk_size c and local window w (default L/8) under SGLang's names: chunks of c - w tokens in both
+    assert written["dual_chunk_attention_config"] == {"chunk_size": 40, "local_size": NATIVE // 8,
+                                                      "original_max_position_embeddings": NATIVE}
+    views = engine_view(written)
+    assert views[SGL].extended and "SGLang's own Dual Chunk Attention" in views[SGL].note
+    assert not views[VLLM].extended and not views["transformers-5"].extended
+    assert result.serve_commands[-1] == ("SGLang: SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 python -m "
+                                         f"sglang.launch_server --model-path {out} --context-length {2 * NATIVE}")
+    # ctxext reloads the same DCA patch; transformers ignores the engine section
+    ids = tokens(2 * NATIVE)
+    reference = ctxext.extend(make_model("qwen2"), "dca", factor=2, chunk_size=40)
+    assert torch.equal(logits(ctxext.from_pretrained(out), ids), logits(reference, ids))
+
+
+def test_unpatch_drops_the_engine_section_with_or_without_the_kept_original(qwen_dir):
+    original = (qwen_dir / "config.json").read_bytes()
+    ctxext.patch_directory(qwen_dir, "dca", factor=2, engine_config="sglang")
+    ctxext.unpatch_directory(qwen_dir)
+    assert (qwen_dir / "config.json").read_bytes() == original
+    ctxext.patch_directory(qwen_dir, "dca", factor=2, engine_config="sglang")
+    (qwen_dir / "config.json.ctxext-orig").unlink()
+    ctxext.unpatch_directory(qwen_dir)
+    restored = json.loads((qwen_dir / "config.json").read_text())
+    assert "dual_chunk_attention_config" not in restored and "ctxext" not in restored
+
+
+@pytest.mark.parametrize("family,method,options,message", [
+    ("llama", "dca", {}, "qwen2, qwen2_moe, qwen3, qwen3_moe models only"),
+    ("qwen2", "yarn", {}, "needs --method dca"),
+    ("qwen2", "dca", {"temperature": True}, "no temperature"),
+    ("qwen2", "dca", {"log_scaling": True}, "no log_scaling"),
+    ("qwen2", "auto", {}, "not auto"),
+    ("qwen2", "dca", {"engine_config": "vllm"}, "unknown engine config"),
+])
+def test_engine_config_refusals_leave_the_directory_unchanged(tmp_path, family, method, options, message):
+    make_model(family).save_pretrained(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    options = {"engine_config": "sglang", **options}
+    with pytest.raises(ctxext.CtxextError, match=message):
+        ctxext.patch(tmp_path / "m", method, factor=2, **options)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before

@@ -38,18 +38,21 @@ class DCAConfig(AttentionConfig):
     temperature: bool = param(False, "scale logits by (0.05 ln(l/L) + 1)^2 beyond the original length (default off)")
 
 
+def chunk_sizes(chunk_size: int | None, local_window: int | None, original_length: int) -> tuple[int, int]:
+    """(c, w): the chunk size and local window with their defaults (3L/4, L/8), checked."""
+    chunk = whole("chunk_size", chunk_size, 3 * original_length // 4)
+    local = whole("local_window", local_window, original_length // 8)
+    if not local < chunk <= original_length:
+        raise CtxextError(f"need local_window < chunk_size <= original length, got {local}, {chunk}, {original_length}")
+    return chunk, local
+
+
 class DCARuntime(AttentionRuntime):
     implementation = register_implementation("ctxext_dca")
 
     def __init__(self, config: DCAConfig, scaling):
         super().__init__(config, scaling)
-        length = scaling.original_length
-        self.chunk = whole("chunk_size", config.chunk_size, 3 * length // 4)
-        self.local = whole("local_window", config.local_window, length // 8)
-        if not self.local < self.chunk <= length:
-            raise CtxextError(
-                f"need local_window < chunk_size <= original length, got {self.local}, {self.chunk}, {length}"
-            )
+        self.chunk, self.local = chunk_sizes(config.chunk_size, config.local_window, scaling.original_length)
         self.stride = self.chunk - self.local
         if not isinstance(config.temperature, bool):
             raise CtxextError(f"parameter temperature must be true or false, got {config.temperature!r}")

