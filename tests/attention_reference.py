@@ -4,8 +4,9 @@ The reference runs inside the *unpatched* model as an attention implementation: 
 the model's rotated q and k, rotates them back to position 0 with the true position ids,
 builds the full matrix of remapped distances r'(i, j), rotates each query by each r'(i, j),
 masks, and takes one softmax (with ``log_scaling`` in the parameters, each query row's
-logits are multiplied by max(1, ln(p + 1) / ln L)). Nothing here shares code with ctxext's
-blockwise kernels.
+logits are multiplied by max(1, ln(p + 1) / ln L)). LM-Infinite with ``top_k``: each head's
+top_k middle keys, scored with the query turned to ``top_k_distance``, are added to the
+softmax with those scores. Nothing here shares code with ctxext's blockwise kernels.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ class DenseReference:
             angles = dist[..., None] * self.inv_freq  # (hq, n, n, d/2)
             rotated = _turn(q0[row][:, :, None, :].expand(hq, n, n, d), angles)
             logits = (rotated * k0[row][:, None, :, :]).sum(-1) * logit_scale
+            if self.method == "lm-infinite" and self._retrieves(module):
+                logits, extra = self._lm_infinite_top_k(q0[row], k0[row], p, allowed[row, 0], logits, extra,
+                                                        logit_scale)
             if self.params.get("log_scaling"):  # log-n: the query at position p times max(1, ln(p+1)/ln L)
                 logits = logits * (torch.log(p.double() + 1) / math.log(self.length)).clamp(min=1).float()[:, None]
             mask = allowed[row, 0] & extra
@@ -105,6 +109,22 @@ class DenseReference:
             weights = logits.softmax(-1).nan_to_num(0.0)
             out[row] = weights @ value[row]
         return out.transpose(1, 2).contiguous().to(key.dtype), None
+
+    def _retrieves(self, module) -> bool:
+        return self.params.get("top_k", 0) > 0 and module.layer_idx >= self.params.get("top_k_from_layer", 4)
+
+    def _lm_infinite_top_k(self, q0, k0, p, allowed, logits, visible, scale):
+        """Each head's top_k middle keys (j >= n_global, i - j >= window) join the softmax, scored at top_k_distance."""
+        distance = self.params.get("top_k_distance", self.length // 2)
+        at_distance = _turn(q0, distance * self.inv_freq)
+        scores = (at_distance @ k0.transpose(-1, -2)) * scale  # (hq, n, n): key j at 0, query at `distance`
+        i, j = p[:, None], p[None, :]
+        middle = allowed & (j >= self.params["n_global"]) & (i - j >= self.params["window"])
+        scores = scores.masked_fill(~middle, float("-inf"))
+        top = scores.topk(min(self.params["top_k"], scores.shape[-1]), dim=-1).indices
+        # a row with fewer than top_k middle keys keeps all of them (topk also picked some -inf entries)
+        chosen = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, top, True) & middle
+        return torch.where(chosen, scores, logits), visible | chosen
 
     def _ms_poe(self, module, q0, k0, p, allowed, scale):
         hq, n, _ = q0.shape

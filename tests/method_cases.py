@@ -62,8 +62,12 @@ CASES: dict[str, MethodCase] = {case.method: case for case in [
     # ---- attention methods: identity_params cannot act on inputs up to identity_length ----
     MethodCase("string", "attention", ATTENTION_FACTOR, params=dict(shifted_offset=21, local_value=5),
                identity_params=dict(shifted_offset=200, local_value=5), identity_length=150),
-    MethodCase("lm-infinite", "attention", ATTENTION_FACTOR, params=dict(n_global=3, window=16),
-               identity_params=dict(window=NATIVE, n_global=0), identity_length=NATIVE),
+    # top-k middle tokens from layer 1 of the 2 (layer 0 keeps the plain Lambda mask); with a window of L
+    # there is no middle token up to L tokens, so top_k cannot act there
+    MethodCase("lm-infinite", "attention", ATTENTION_FACTOR,
+               params=dict(n_global=3, window=16, top_k=3, top_k_from_layer=1),
+               roundtrip_params=dict(n_global=3, window=16, top_k=3, top_k_from_layer=1, top_k_distance=40),
+               identity_params=dict(window=NATIVE, n_global=0, top_k=3, top_k_from_layer=0), identity_length=NATIVE),
     MethodCase("self-extend", "attention", ATTENTION_FACTOR, params=dict(group_size=3, window=12),
                identity_params=dict(group_size=1, window=12), identity_length=150),
     MethodCase("dca", "attention", ATTENTION_FACTOR, params=dict(chunk_size=48, local_window=8, temperature=True),

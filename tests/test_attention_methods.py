@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import ctxext
-from ctxext.attention import bands
+from ctxext.attention import bands, topk
 from ctxext.errors import CtxextError
 
 import attention_reference
@@ -148,6 +148,63 @@ def test_ms_poe_ranks_heads_again_for_every_new_prompt():
     assert torch.equal(after_other_prompt, fresh)
 
 
+LAMBDA = dict(n_global=3, window=16)  # LM-Infinite's plain Lambda mask on the tiny models
+
+
+@pytest.fixture(params=[64, topk.SCORE_BUDGET], ids=["chunked-scores", "default-scores"])
+def score_budget(request, monkeypatch):
+    monkeypatch.setattr(topk, "SCORE_BUDGET", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("from_layer", [0, 1])
+def test_lm_infinite_top_k_matches_dense_reference(family, from_layer, block, score_budget):
+    ids = tokens(150, batch=2)
+    params = {**LAMBDA, "top_k": 3, "top_k_from_layer": from_layer, "top_k_distance": 40}
+    got = logits(extended(family, "lm-infinite", params), ids)
+    torch.testing.assert_close(got, logits(reference(family, "lm-infinite", params), ids), atol=2e-4, rtol=1e-4)
+    assert not torch.allclose(got, logits(extended(family, "lm-infinite", LAMBDA), ids))
+
+
+def test_lm_infinite_top_k_keeps_every_middle_token_when_k_exceeds_them(block, score_budget):
+    ids = tokens(150, batch=2)
+    params = {**LAMBDA, "top_k": 200, "top_k_from_layer": 0}
+    got = logits(extended("llama", "lm-infinite", params), ids)
+    torch.testing.assert_close(got, logits(reference("llama", "lm-infinite", params), ids), atol=2e-4, rtol=1e-4)
+
+
+def test_lm_infinite_top_k_acts_only_from_its_layer():
+    ids = tokens(150, batch=2)
+    plain = logits(extended("llama", "lm-infinite", LAMBDA), ids)
+    above_every_layer = logits(extended("llama", "lm-infinite", {**LAMBDA, "top_k": 3, "top_k_from_layer": 2}), ids)
+    assert torch.equal(above_every_layer, plain)
+
+
+def test_lm_infinite_without_top_k_is_the_plain_lambda_mask(block):
+    ids = tokens(150, batch=2)
+    plain = logits(extended("llama", "lm-infinite", LAMBDA), ids)
+    off_params = {**LAMBDA, "top_k": 0, "top_k_from_layer": 0, "top_k_distance": 5}
+    off = logits(extended("llama", "lm-infinite", off_params), ids)
+    assert torch.equal(off, plain)
+    torch.testing.assert_close(plain, logits(reference("llama", "lm-infinite", LAMBDA), ids), atol=2e-4, rtol=1e-4)
+
+
+def test_top_k_attention_equals_a_softmax_over_the_chosen_keys(score_budget):
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 6, 8, generator=generator)  # 4 query heads on 2 key/value heads
+    k, v = torch.randn(2, 2, 9, 8, generator=generator), torch.randn(2, 2, 9, 8, generator=generator)
+    ends = torch.tensor([0, 1, 2, 5, 9, 9])  # query 0 has no usable key, queries 1 and 2 fewer than 3
+    got = topk.top_k_attention(q, k, v, ends, 3, 0.5)
+    scores = torch.einsum("bhnd,bhmd->bhnm", q, k.repeat_interleave(2, 1)) * 0.5
+    scores = scores.masked_fill(torch.arange(9)[None, :] >= ends[:, None], float("-inf"))
+    kept = scores >= scores.topk(3, dim=-1).values[..., -1:]
+    scores = scores.masked_fill(~kept, float("-inf"))
+    torch.testing.assert_close(got.lse, scores.logsumexp(-1))
+    torch.testing.assert_close(got.out, scores.softmax(-1).nan_to_num(0.0) @ v.repeat_interleave(2, 1))
+    assert torch.equal(got.lse[:, :, 0], torch.full((2, 4), float("-inf"))) and not got.out[:, :, 0].any()
+
+
 def _yarn_checkpoint():
     """A tiny Llama whose own config ships YaRN scaling (like a Qwen or Llama-3 checkpoint would)."""
     from transformers import AutoModelForCausalLM
@@ -276,6 +333,11 @@ def test_packed_sequences_and_4d_masks_are_refused():
     ("string", dict(shifted_offset=10, local_value=10), "below shifted_offset"),
     ("dca", dict(chunk_size=8, local_window=8), "local_window < chunk_size"),
     ("lm-infinite", dict(window=NATIVE + 1), "must not exceed"),
+    ("lm-infinite", dict(top_k=-1), "top_k must be at least 0"),
+    ("lm-infinite", dict(top_k=2.5), "whole number"),
+    ("lm-infinite", dict(top_k_from_layer=-1), "at least 0"),
+    ("lm-infinite", dict(top_k_distance=-1), "at least 0"),
+    ("lm-infinite", dict(top_k=5, top_k_distance=NATIVE + 1), "top_k_distance .* must not exceed"),
     ("self-extend", dict(group_size=0), "at least 1"),
     ("ms-poe", dict(min_ratio=2.0, max_ratio=1.0), "min_ratio <= max_ratio"),
     ("dca", dict(chunk_size=10.5), "whole number"),

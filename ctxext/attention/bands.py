@@ -85,13 +85,15 @@ def _band_block(band: Band, i0: int, i1: int, q0: int, scale: float) -> list[Par
     return parts
 
 
-def band_attention(bands_of_block, n: int, q0: int, scale: float, blocks=None, narrowest: float = math.inf):
+def band_attention(bands_of_block, n: int, q0: int, scale: float, blocks=None, narrowest: float = math.inf,
+                   extra_parts=None):
     """Attention output (b, hq, n, d) fp32 for queries at key indexes q0 .. q0 + n - 1.
 
     ``bands_of_block(i0, i1)`` returns the bands of a query block; ``blocks`` optionally
     gives the block boundaries (methods whose bands change at chunk borders align blocks).
     ``narrowest`` is the smallest far - near of the bands: blocks no wider than it keep
-    every band on the fast unmasked kernels.
+    every band on the fast unmasked kernels. ``extra_parts(i0, i1)``, when given, returns more
+    :class:`Partial` results of a block (over keys no band covers), merged with the bands'.
     """
     if blocks is None:
         blocks = even_blocks(q0, q0 + n, int(max(1, min(BLOCK, narrowest))))
@@ -100,6 +102,8 @@ def band_attention(bands_of_block, n: int, q0: int, scale: float, blocks=None, n
         parts = []
         for band in bands_of_block(i0, i1):
             parts.extend(_band_block(band, i0, i1, q0, scale))
+        if extra_parts is not None:
+            parts.extend(extra_parts(i0, i1))
         outputs.append(merge(parts).out)
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
