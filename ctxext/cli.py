@@ -65,6 +65,8 @@ def _parameter_type(hint) -> Any:
     """argparse type for a method parameter's annotation."""
     if hint is bool:
         return _parse_bool
+    if hint is str:
+        return str
     if "list" in str(hint):
         return _parse_numbers
     if hint is int or str(hint) in ("int | None", "typing.Optional[int]"):

@@ -86,7 +86,7 @@ class DenseReference:
             real = allowed[row, 0].diagonal()  # a padding query does not see itself
             logit_scale = scaling * self.attention_scaling**2
             if self.method == "ms-poe":
-                dist, extra = self._ms_poe(module, q0[row], k0[row], p, allowed[row, 0], logit_scale)
+                dist, extra = self._ms_poe(module, q0[row], k0[row], p, allowed[row, 0], scaling)
             else:
                 dist, extra = distances(self.method, p, self.params, self.length)
                 dist = dist.expand(hq, n, n)
@@ -126,7 +126,8 @@ class DenseReference:
         chosen = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, top, True) & middle
         return torch.where(chosen, scores, logits), visible | chosen
 
-    def _ms_poe(self, module, q0, k0, p, allowed, scale):
+    def _ms_poe(self, module, q0, k0, p, allowed, scaling):
+        """Per-head distances r / r_h; ``scaling`` is the model's logit scale without the rope's attention factor."""
         hq, n, _ = q0.shape
         visible = torch.ones(n, n, dtype=torch.bool)
         r = (p[:, None] - p[None, :]).float()
@@ -134,16 +135,23 @@ class DenseReference:
             return r.expand(hq, n, n), visible
         real = allowed.diagonal()
         last = int(real.nonzero().max())
-        angles = (p[last] - p)[:, None].float() * self.inv_freq
-        keys = _turn(k0, -angles)  # keys seen from the last query with true positions
-        logits = (q0[:, last, None, :] * keys).sum(-1) * scale
+        if self.params.get("ranking", "pre_rope") == "pre_rope":  # ctxext's defaults when not given
+            logits = (q0[:, last, None, :] * k0).sum(-1) * scaling
+        else:
+            angles = (p[last] - p)[:, None].float() * self.inv_freq
+            keys = _turn(k0, -angles)  # keys seen from the last query with true positions
+            logits = (q0[:, last, None, :] * keys).sum(-1) * scaling * self.attention_scaling**2
         logits = logits.masked_fill(~allowed[last], float("-inf"))
         weights = logits.softmax(-1)
         count = int(allowed[last].sum())
         scores = ((weights > 3.0 / count) & allowed[last]).float().sum(-1) / count
         hkv = self.params["num_kv_heads"]
         per_kv = scores.reshape(hkv, hq // hkv).mean(-1)
-        ladder = torch.linspace(self.params["min_ratio"], self.params["max_ratio"], hkv)
+        low, high = self.params["min_ratio"], self.params["max_ratio"]
+        if self.params.get("ratio_ladder", "reference") == "reference":
+            ladder = torch.tensor([low + (high - low) * h / hkv for h in range(hkv)])
+        else:
+            ladder = torch.linspace(low, high, hkv)
         ratio = torch.empty(hkv)
         ratio[per_kv.argsort(descending=True, stable=True)] = ladder
         per_head = ratio.repeat_interleave(hq // hkv)

@@ -14,7 +14,10 @@ import torch
 
 import ctxext
 from ctxext.attention import bands, topk
+from ctxext.attention.runtime import RUNTIME_ATTRIBUTE
 from ctxext.errors import CtxextError
+from ctxext.methods import ms_poe
+from ctxext.methods.ms_poe import RANKINGS, RATIO_LADDERS
 
 import attention_reference
 from conftest import NATIVE, logits, make_model, tokens
@@ -27,8 +30,8 @@ def extended(family: str, method: str, params: dict | None = None, dtype=torch.f
     return ctxext.extend(model, method, factor=case.factor, **(case.params if params is None else params))
 
 
-def reference(family: str, method: str, params: dict | None = None):
-    model = make_model(family)
+def reference(family: str, method: str, params: dict | None = None, model=None):
+    model = make_model(family) if model is None else model
     heads = getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
     params = {**(CASES[method].params if params is None else params), "num_kv_heads": heads}
     attention_reference.install(model, method, params)
@@ -139,12 +142,33 @@ def test_bfloat16_stays_close_to_float32(method):
     assert (half.float() - full).abs().max() < 0.1
 
 
+MS_POE_VARIANTS = [dict(ranking=ranking, ratio_ladder=ladder) for ranking in RANKINGS for ladder in RATIO_LADDERS]
+MS_POE_IDS = [f"{v['ranking']}-{v['ratio_ladder']}" for v in MS_POE_VARIANTS]
+
+
+def _ms_poe(variant: dict) -> dict:
+    return {**CASES["ms-poe"].params, **variant}
+
+
+def _sharpened(model):
+    """``model`` with its query and key projections 10x: random tiny models attend almost
+    uniformly, so every head would score 0 and the ranking would be a tie that decides nothing."""
+    for name, module in model.named_modules():
+        if name.endswith(("q_proj", "k_proj", "query_key_value")):
+            module.weight.data *= 10
+    return model
+
+
+def _sharp_ms_poe(variant: dict, family: str = "llama"):
+    return ctxext.extend(_sharpened(make_model(family)), "ms-poe", factor=CASES["ms-poe"].factor, **_ms_poe(variant))
+
+
 def test_ms_poe_ranks_heads_again_for_every_new_prompt():
-    model = extended("llama", "ms-poe")
+    model = _sharp_ms_poe({})
     first, second = tokens(90, seed=3), tokens(120, seed=4)
     logits(model, first)
     after_other_prompt = logits(model, second)
-    fresh = logits(extended("llama", "ms-poe"), second)
+    fresh = logits(_sharp_ms_poe({}), second)
     assert torch.equal(after_other_prompt, fresh)
 
 
@@ -205,14 +229,96 @@ def test_top_k_attention_equals_a_softmax_over_the_chosen_keys(score_budget):
     assert torch.equal(got.lse[:, :, 0], torch.full((2, 4), float("-inf"))) and not got.out[:, :, 0].any()
 
 
-def _yarn_checkpoint():
+def test_ms_poe_defaults_are_the_reference_codes():
+    config = ctxext.get_method("ms-poe").config_class()
+    assert (config.ranking, config.ratio_ladder) == ("pre_rope", "reference")
+
+
+@pytest.mark.parametrize("variant", MS_POE_VARIANTS, ids=MS_POE_IDS)
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_ms_poe_rankings_and_ladders_match_dense_reference(variant, family, block):
+    ids = tokens(150, batch=2)
+    got = logits(_sharp_ms_poe(variant, family), ids)
+    want = logits(reference(family, "ms-poe", _ms_poe(variant), model=_sharpened(make_model(family))), ids)
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+
+
+def _ranked_ratios(variant: dict, ids) -> torch.Tensor:
+    """The (batch, kv heads) ratios of layer 1 after the prompt ``ids``."""
+    model = _sharp_ms_poe(variant)
+    logits(model, ids)
+    return model.model.layers[1].self_attn.__dict__[RUNTIME_ATTRIBUTE].ratios[1]
+
+
+def test_ms_poe_ranking_and_ladder_each_change_the_ratios():
+    ids = tokens(150, batch=2)
+    pre = _ranked_ratios(dict(ranking="pre_rope", ratio_ladder="inclusive"), ids)
+    post = _ranked_ratios(dict(ranking="post_rope", ratio_ladder="inclusive"), ids)
+    reference_ladder = _ranked_ratios(dict(ranking="pre_rope", ratio_ladder="reference"), ids)
+    assert not torch.equal(pre, post)
+    torch.testing.assert_close(pre.sort(-1).values, torch.tensor([[1.2, 1.8]] * 2))
+    torch.testing.assert_close(reference_ladder.sort(-1).values, torch.tensor([[1.2, 1.5]] * 2))
+
+
+@pytest.mark.parametrize("variant", MS_POE_VARIANTS, ids=MS_POE_IDS)
+def test_ms_poe_left_padded_rows_equal_rows_run_alone(variant, block):
+    rows, ids, mask = _left_padded([150, 101, 37])
+    model = _sharp_ms_poe(variant)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    batched = logits(model, ids, attention_mask=mask, position_ids=positions)
+    for i, row in enumerate(rows):
+        torch.testing.assert_close(batched[i, -len(row):], logits(model, row[None])[0], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", MS_POE_VARIANTS, ids=MS_POE_IDS)
+def test_ms_poe_cached_generate_equals_recomputing_with_the_prompts_ranks(variant, monkeypatch):
+    model = _sharp_ms_poe(variant)
+    prompt = tokens(NATIVE - 8)
+    generated = model.generate(prompt, max_new_tokens=20, do_sample=False, min_new_tokens=20, pad_token_id=0)
+    ratios = model.model.layers[1].self_attn.__dict__[RUNTIME_ATTRIBUTE].ratios
+    assert list(ratios) == [1]  # start_layer 1 of 2 layers
+    prompt_ratios = ratios[1].clone()
+    # each recomputation would rank on its own last row; decoding keeps the prompt's ranks
+    monkeypatch.setattr(ms_poe, "ratios_by_rank", lambda scores, heads, ladder: prompt_ratios)
+    sequence = prompt
+    for _ in range(20):
+        following = logits(model, sequence)[:, -1].argmax(-1, keepdim=True)
+        sequence = torch.cat([sequence, following], dim=1)
+    assert torch.equal(generated, sequence)
+
+
+@pytest.mark.parametrize("variant", MS_POE_VARIANTS, ids=MS_POE_IDS)
+def test_ms_poe_padded_batch_generate_equals_rows_generated_alone(variant):
+    rows, ids, mask = _left_padded([60, 45])
+    model = _sharp_ms_poe(variant)
+    batched = model.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                             pad_token_id=0)
+    for i, row in enumerate(rows):
+        alone = model.generate(row[None], max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+        assert torch.equal(batched[i, ids.shape[1]:], alone[0, len(row):])
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(ranking="after_rope"), "parameter ranking must be one of pre_rope, post_rope, got 'after_rope'"),
+    (dict(ratio_ladder="linspace"), "parameter ratio_ladder must be one of reference, inclusive, got 'linspace'"),
+    (dict(ranking=1.0), "parameter ranking must be one of pre_rope, post_rope, got 1.0"),
+])
+def test_ms_poe_refuses_unknown_choices_in_one_line(params, message):
+    model = make_model("llama")
+    with pytest.raises(CtxextError) as error:
+        ctxext.extend(model, "ms-poe", factor=2, **params)
+    assert str(error.value) == message
+    assert not ctxext.is_extended(model)
+
+
+def _yarn_checkpoint(factor: float = 2.0):
     """A tiny Llama whose own config ships YaRN scaling (like a Qwen or Llama-3 checkpoint would)."""
     from transformers import AutoModelForCausalLM
 
     from conftest import FAMILIES
 
     config = FAMILIES["llama"]()
-    config.rope_parameters = {"rope_type": "yarn", "factor": 2.0, "rope_theta": 10000.0,
+    config.rope_parameters = {"rope_type": "yarn", "factor": factor, "rope_theta": 10000.0,
                               "original_max_position_embeddings": NATIVE}
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
@@ -224,6 +330,16 @@ def test_the_checkpoint_rope_scaling_is_kept():
     ctxext.extend(model, "string", factor=1, **CASES["string"].params)
     assert model.config.rope_parameters["rope_type"] == "yarn"
     attention_reference.install(reference_model, "string", CASES["string"].params)
+    ids = tokens(150, batch=2)
+    torch.testing.assert_close(logits(model, ids), logits(reference_model, ids), atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ranking", RANKINGS)
+def test_ms_poe_ranks_on_a_checkpoint_whose_rope_has_an_attention_factor(ranking):
+    params = _ms_poe(dict(ranking=ranking))
+    # YaRN factor 64: an attention factor of 1.42, large enough to change the ranks if it were kept
+    model = ctxext.extend(_sharpened(_yarn_checkpoint(64.0)), "ms-poe", factor=1, **params)
+    reference_model = reference("llama", "ms-poe", params, model=_sharpened(_yarn_checkpoint(64.0)))
     ids = tokens(150, batch=2)
     torch.testing.assert_close(logits(model, ids), logits(reference_model, ids), atol=2e-4, rtol=1e-4)
 

@@ -323,6 +323,7 @@ BAD_METHODS = [
     (["--method", "dynamic-ntk", "--factor", "2", "--alpha", "0"], "dynamic-ntk alpha must be >= 1"),
     (["--method", "dca", "--factor", "2", "--chunk-size", "1000"], "need local_window < chunk_size"),
     (["--method", "ms-poe", "--factor", "2", "--min-ratio", "3"], "need 0 < min_ratio <= max_ratio"),
+    (["--method", "ms-poe", "--factor", "2", "--ranking", "after"], "ranking must be one of pre_rope, post_rope"),
 ]
 
 

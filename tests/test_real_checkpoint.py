@@ -36,7 +36,7 @@ def test_yarn_x2_keeps_passkey_at_1_5k_tokens(smollm2):
 
 
 MS_POE_DAMAGE = pytest.mark.xfail(
-    strict=True, reason="Ms-PoE's 1.2-1.8x position compression breaks SmolLM2-135M retrieval, like PI (BENCHMARKS.md)"
+    strict=True, reason="Ms-PoE's 1.2x-1.6x position compression breaks SmolLM2-135M retrieval, like PI (BENCHMARKS.md)"
 )
 
 

@@ -24,3 +24,9 @@ def whole(name: str, value, default: int, minimum: int = 1) -> int:
     if int(value) < minimum:
         raise CtxextError(f"parameter {name} must be at least {minimum}, got {int(value)}")
     return int(value)
+
+
+def one_of(name: str, value, choices: tuple[str, ...]) -> None:
+    """A clear error naming the choices unless ``value`` is one of them."""
+    if value not in choices:
+        raise CtxextError(f"parameter {name} must be one of {', '.join(choices)}, got {value!r}")

@@ -1,19 +1,27 @@
 """Ms-PoE, Multi-scale Positional Encoding: per-head position scaling t -> t / r_h.
 
 Zhang et al. 2024, "Found in the Middle: How Language Models Use Long Contexts Better via
-Plug-and-Play Positional Encoding" (https://arxiv.org/abs/2403.04797). Ratios r run evenly
-from ``min_ratio`` 1.2 to ``max_ratio`` 1.8; heads that are less position-aware get larger
-ratios. Position awareness of a head is the fraction of the prompt's last query row's
-attention weights above 3x the row mean, computed with the model's own positions from that
-row only (no L x L matrix), for every new prompt (every forward that starts with an empty
-cache), per batch row. Layers ``start_layer`` .. N-1 are scaled (default from layer 2).
+Plug-and-Play Positional Encoding" (https://arxiv.org/abs/2403.04797); reference code
+VITA-Group/Ms-PoE ``utils/modify_arch/llama.py``. Heads that are less position-aware get
+larger ratios. Position awareness of a head is the fraction of the prompt's last query
+row's attention weights above 3x the row mean, from that row only (no L x L matrix), for
+every new prompt (every forward that starts with an empty cache), per batch row.
+
+``ranking`` says which logits that row is: ``pre_rope`` (default, as the reference's
+``_head_wise_statistics``) scores the raw query and key projections, recovered by rotating
+the model's rotated q and k back by their positions (and without the rope's attention
+factor); ``post_rope`` scores the logits the model itself computes, at its own positions.
+``ratio_ladder`` spaces the ratios of ranks h = 0..H-1: ``reference`` (default, as the
+reference's ``MsPoELlamaRotaryEmbedding``) is r_h = min + (max - min) h / H, so ``max_ratio``
+itself is never reached; ``inclusive`` runs evenly from ``min_ratio`` 1.2 to ``max_ratio``
+1.8, both ends included. Layers ``start_layer`` .. N-1 are scaled (default from layer 2).
 
 Grouped-query attention: a key/value head is read by several query heads, so the ratio is
-chosen per key/value head (its query heads' mean score decides its rank) and both its keys
-and all of its queries use that ratio; relative distances stay consistent. Keys are written
-back into the KV cache at their scaled positions once, so decoding only re-rotates the new
-token. This needs a cache that returns its own key tensor (transformers' DynamicCache and
-StaticCache do); any other cache is refused.
+chosen per key/value head (its query heads' mean score decides its rank, H counts key/value
+heads) and both its keys and all of its queries use that ratio; relative distances stay
+consistent. Keys are written back into the KV cache at their scaled positions once, so
+decoding only re-rotates the new token. This needs a cache that returns its own key tensor
+(transformers' DynamicCache and StaticCache do); any other cache is refused.
 """
 
 from __future__ import annotations
@@ -24,12 +32,15 @@ import torch
 
 from ..attention.bands import Band, band_attention
 from ..attention.kernels import rotate
-from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
+from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, RowGroup, register_implementation
 from ..config import param
 from ..errors import CtxextError
 from ..hf_compat import cache_given
 from ..registry import AttentionMethod, register
-from ._shared import whole
+from ._shared import one_of, whole
+
+RANKINGS = ("pre_rope", "post_rope")
+RATIO_LADDERS = ("reference", "inclusive")
 
 
 @dataclass
@@ -37,6 +48,21 @@ class MsPoEConfig(AttentionConfig):
     min_ratio: float = param(1.2, "smallest position scaling ratio (the most position-aware head)")
     max_ratio: float = param(1.8, "largest position scaling ratio (the least position-aware head)")
     start_layer: int = param(2, "first layer scaled; earlier layers keep their positions (default 2)")
+    ranking: str = param(
+        "pre_rope",
+        "what heads are ranked on: 'pre_rope', q.k of the raw projections before RoPE (default, the reference "
+        "code's _head_wise_statistics), or 'post_rope', the model's own rotated q.k",
+    )
+    ratio_ladder: str = param(
+        "reference",
+        "ratio of rank h of H heads: 'reference', min + (max - min) h / H, max_ratio never reached (default, the "
+        "reference code's MsPoELlamaRotaryEmbedding), or 'inclusive', evenly from min_ratio to max_ratio",
+    )
+
+    def check(self) -> None:
+        super().check()
+        one_of("ranking", self.ranking, RANKINGS)
+        one_of("ratio_ladder", self.ratio_ladder, RATIO_LADDERS)
 
 
 def position_awareness(q_last: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
@@ -51,12 +77,25 @@ def position_awareness(q_last: torch.Tensor, k: torch.Tensor, scale: float) -> t
     return (weights > 3.0 / m).float().mean(-1)
 
 
-def ratios_by_rank(scores: torch.Tensor, num_kv_heads: int, low: float, high: float) -> torch.Tensor:
-    """(b, hq) scores -> (b, hkv) ratios: the highest mean score gets ``low``, the lowest ``high``."""
+def unrotated(q_last: torch.Tensor, k: torch.Tensor, first_position: int, inv_freq: torch.Tensor):
+    """q_last (b, hq, d) and k (b, hkv, m, d), rotated by the model with key t at first_position + t and
+    the query at the last key's position, rotated back to position 0 (fp32)."""
+    positions = first_position + torch.arange(k.shape[2], device=k.device, dtype=torch.float32)
+    return rotate(q_last.float(), -positions[-1], inv_freq), rotate(k.float(), -positions, inv_freq)
+
+
+def ratio_ladder(kind: str, count: int, low: float, high: float, device) -> torch.Tensor:
+    """The ratios of ranks 0..count-1 (rank 0 the most position-aware head)."""
+    if kind == "inclusive":
+        return torch.linspace(low, high, count, device=device)
+    return low + (high - low) * torch.arange(count, device=device, dtype=torch.float32) / count
+
+
+def ratios_by_rank(scores: torch.Tensor, num_kv_heads: int, ladder: torch.Tensor) -> torch.Tensor:
+    """(b, hq) scores -> (b, hkv) ratios: the highest mean score gets ``ladder[0]``, the lowest the last."""
     b, hq = scores.shape
     per_kv = scores.reshape(b, num_kv_heads, hq // num_kv_heads).mean(-1)
     order = per_kv.argsort(dim=-1, descending=True, stable=True)
-    ladder = torch.linspace(low, high, num_kv_heads, device=scores.device)
     ratios = torch.empty_like(per_kv)
     ratios.scatter_(1, order, ladder.expand(b, -1).contiguous())
     return ratios
@@ -81,6 +120,16 @@ class MsPoERuntime(AttentionRuntime):
     def _remember_cache(self, module, args, kwargs):
         self.cache = cache_given(kwargs)
 
+    def _scores(self, query, key, group: RowGroup, scale: float) -> torch.Tensor:
+        """Position awareness (rows, hq) of one row group, from its prompt's last query row."""
+        q_last = query[group.rows, :, group.end - 1 - (key.shape[2] - query.shape[2])]
+        k = key[group.rows, :, group.start : group.end]
+        if self.config.ranking == "pre_rope":
+            q_last, k = unrotated(q_last, k, group.start + group.offset, self.rotary.inv_freq)
+            # the model's cos and sin carry the rope's attention factor; raw projections do not
+            scale = scale / float(getattr(self.rotary, "attention_scaling", 1.0)) ** 2
+        return position_awareness(q_last, k, scale)
+
     def prepare(self, module, query, key, groups, scale):
         layer = module.layer_idx
         if layer < self.start_layer:
@@ -91,11 +140,12 @@ class MsPoERuntime(AttentionRuntime):
             raise CtxextError("ms-poe needs a KV cache that keeps its own key tensor (DynamicCache or StaticCache)")
         offsets = torch.zeros(batch, dtype=torch.long, device=key.device)
         if first_query == 0:  # a new prompt: rank the heads
-            ratios = torch.ones(batch, key.shape[1], device=key.device)
+            heads = key.shape[1]
+            ladder = ratio_ladder(self.config.ratio_ladder, heads, self.config.min_ratio, self.config.max_ratio,
+                                  key.device)
+            ratios = torch.ones(batch, heads, device=key.device)
             for group in groups:
-                last = group.end - 1 - first_query
-                scores = position_awareness(query[group.rows, :, last], key[group.rows, :, group.start : group.end], scale)
-                ratios[group.rows] = ratios_by_rank(scores, key.shape[1], self.config.min_ratio, self.config.max_ratio)
+                ratios[group.rows] = ratios_by_rank(self._scores(query, key, group, scale), heads, ladder)
             self.ratios[layer] = ratios
         elif self.ratios.get(layer) is None or self.ratios[layer].shape[0] != batch:
             raise CtxextError("ms-poe ranks heads on the prompt; run the prompt through the model before decoding")
@@ -125,7 +175,7 @@ register(AttentionMethod(
     name="ms-poe",
     config_class=MsPoEConfig,
     runtime=MsPoERuntime,
-    summary="Ms-PoE: per-head position scaling 1.2-1.8 ranked by position awareness (lost in the middle)",
+    summary="Ms-PoE: per-head position scaling from 1.2 toward 1.8 ranked by position awareness (lost in the middle)",
     paper="https://arxiv.org/abs/2403.04797",
     aliases=("mspoe",),
 ))
