@@ -17,6 +17,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+import ctxext
+
 NAME = "ctxext_test_dense_reference"
 
 
@@ -63,6 +65,8 @@ class DenseReference:
     """Install with ``install(model, method, params)``; the model must be unpatched."""
 
     def __init__(self, method: str, params: dict, length: int, inv_freq: torch.Tensor, attention_scaling: float):
+        # a parameter left out takes the method's default (only log_scaling's differs between methods)
+        params = {"log_scaling": ctxext.get_method(method).config_class().log_scaling, **params}
         self.method, self.params, self.length = method, params, length
         self.inv_freq, self.attention_scaling = inv_freq.float(), attention_scaling
 

@@ -12,8 +12,11 @@ sources:
   ``eval_loss.py`` measures). ``leaky_rerope_patch.py`` uses k = 16 with w = 512 for 4k
   Llama-2. Every distance up to the target length T stays below L when
   k >= (T - 1 - w) / (L - 1 - w).
-- The reference also multiplies every query by max(1, ln(i + 1) / ln L) (log-n scaling);
-  here that is the shared option ``log_scaling`` (off by default, as for every method).
+- ``log_scaling`` on: the reference multiplies every query by max(1, ln(i + 1) / ln L)
+  (log-n scaling), and on SmolLM2-135M ReRoPE with it retrieves 10/10 passkeys at 2x the
+  native length (BENCHMARKS.md). It is the shared option of every attention-level method, off
+  for the others; on a rope with its own attention factor (YaRN checkpoints) it would stack
+  two temperatures and is refused, so there pass ``log_scaling=False``.
 
 How it runs: the rotary module is fed positions p / k (plain ReRoPE: 0), so the KV cache
 holds keys at j / k (plain: un-rotated keys). Two bands are merged by log-sum-exp: the near
@@ -41,6 +44,8 @@ from ._shared import whole
 
 @dataclass
 class ReRoPEConfig(AttentionConfig):
+    log_scaling: bool = param(True, "log-n scaling, as the reference always applies it: logits of the query at "
+                                    "position p times max(1, ln(p+1)/ln L) (default on for rerope)")
     window: int | None = param(None, "w: distances below w are exact, farther ones become w (default original length // 4)")
     leaky: float | None = param(
         None, "k > 1: leaky ReRoPE, distances r >= w become w + (r - w) / k (default none: plain ReRoPE)"
