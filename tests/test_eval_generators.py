@@ -1,7 +1,9 @@
-"""Passkey and RULER-style prompt generators: seeded, needles at their depth, within budget."""
+"""Passkey and RULER-style prompt generators: seeded, needles at their depth, within budget,
+each prompt a question and an answer prefix."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 
@@ -123,6 +125,21 @@ def test_frequent_words_answers_are_the_most_frequent_coded_words(tokenizer):
     text = sample.prompt.split("coded words. ", 1)[1].split("\nQuestion:")[0]
     ranked = [w for w, _ in Counter(text.split()).most_common(4)]
     assert ranked[0] == "..." and ranked[1:] == sample.references
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_every_prompt_is_its_question_then_its_answer_prefix(tokenizer, task):
+    sample = make_sample(task, tokenizer, 2048, 0, 0, [0.5])
+    assert sample.question + " " + sample.answer_prefix == sample.prompt
+    assert sample.answer_prefix and sample.answer_prefix == sample.answer_prefix.strip()
+
+
+@pytest.mark.parametrize("task,digest", [("passkey", "ded0c5ae169dd48a"), ("niah_multikey_3", "7c8c0cdc6f5a89dd"),
+                                         ("vt", "d6aad34fa643d3d3"), ("fwe", "fe1e9bb122295faa")])
+def test_prompts_are_those_published_results_were_measured_on(tokenizer, task, digest):
+    # the tasks whose text depends on neither wonderwords' lists nor this Python's pydoc topics
+    sample = make_sample(task, tokenizer, 2048, 1, 0, (0.0, 0.25, 0.5, 0.75, 1.0))
+    assert hashlib.sha256(sample.prompt.encode()).hexdigest()[:16] == digest
 
 
 def test_essay_tasks_are_marked_not_comparable(tokenizer):

@@ -22,7 +22,8 @@ INTRO = (
     "Find it and memorize them. I will quiz you about the important information there."
 )
 KEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key."
-QUESTION = "What is the pass key? The pass key is"
+QUESTION = "What is the pass key?"
+ANSWER_PREFIX = "The pass key is"
 ANSWER_TOKENS = 10
 
 
@@ -39,7 +40,7 @@ class PasskeyResult:
 def _compose(n_filler: int, depth: float, key: int) -> str:
     before = round(n_filler * depth)
     parts = [INTRO, " ".join([NOISE] * before), KEY_LINE.format(key=key), " ".join([NOISE] * (n_filler - before))]
-    return "\n".join([part for part in parts if part] + [QUESTION])
+    return "\n".join([part for part in parts if part] + [f"{QUESTION} {ANSWER_PREFIX}"])
 
 
 def build_prompt(tokenizer, length: int, depth: float, key: int, answer_budget: int = ANSWER_TOKENS) -> tuple[str, int]:
@@ -61,7 +62,8 @@ def make_sample(tokenizer, length: int, index: int, seed: int, depths=DEFAULT_DE
     key = rng.randint(10000, 99999)
     depth = rng.random() if depths is None else float(depths[index % len(depths)])
     text, n_tokens = build_prompt(tokenizer, length, depth, key)
-    return Sample("passkey", length, index, text, [str(key)], "first_integer", ANSWER_TOKENS, n_tokens, depth)
+    return Sample("passkey", length, index, text, [str(key)], "first_integer", ANSWER_TOKENS, n_tokens, depth,
+                  answer_prefix=ANSWER_PREFIX)
 
 
 def run_passkey(model, tokenizer, length: int, depths, seed: int = 0) -> list[PasskeyResult]:

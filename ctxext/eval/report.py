@@ -122,10 +122,15 @@ def _ppl_section(summary: dict, methods: list[str], lengths: list[int]) -> list[
     return lines
 
 
+def _metric_order(metric: str) -> tuple:
+    """Length metrics ("512", "4096") first and by length, then the others by name."""
+    return (0, int(metric), "") if metric.isdigit() else (1, 0, metric)
+
+
 def _lm_eval_section(results: dict, methods: list[str]) -> list[str]:
     rows = []
     for task in sorted({t for r in results.values() for t in r}):
-        for metric in sorted({k for r in results.values() for k in r.get(task, {})}):
+        for metric in sorted({k for r in results.values() for k in r.get(task, {})}, key=_metric_order):
             rows.append((f"{task} {metric}", {m: results[m].get(task, {}).get(metric) for m in methods if m in results}))
     return ["", "## lm-eval tasks", ""] + _before_after(rows, methods, "task / metric")
 

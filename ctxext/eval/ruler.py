@@ -106,10 +106,10 @@ def _niah_builder(spec: NiahSpec, rng: random.Random, depth: float | None, seed_
     query_indices = rng.sample(range(num_k), spec.num_needle_q)
     queries = [keys[i] for i in query_indices]
     query = ", ".join(queries[:-1]) + ", and " + queries[-1] if len(queries) > 1 else queries[0]
-    template, type_v = NIAH_TEMPLATE + NIAH_ANSWER, spec.type_needle_v
+    template, answer, type_v = NIAH_TEMPLATE, NIAH_ANSWER, spec.type_needle_v
     if spec.num_needle_q * spec.num_needle_v == 1:
-        template = template.replace("Some", "A").replace("are all", "is").replace("are", "is").replace("answers", "answer")
-        type_v = type_v[:-1]
+        template, answer, type_v = _singular(template), _singular(answer), type_v[:-1]
+    answer = answer.format(type_needle_v=type_v, query=query)
 
     def build(n: int) -> str:
         if spec.haystack == "essay":
@@ -123,10 +123,16 @@ def _niah_builder(spec: NiahSpec, rng: random.Random, depth: float | None, seed_
         for offset, (fraction, needle) in enumerate(zip(fractions, needles)):
             units.insert(round(fraction * n) + offset, needle)
         context = (" " if spec.haystack == "essay" else "\n").join(units)
-        return template.format(type_needle_v=type_v, context=context, query=query)
+        return template.format(type_needle_v=type_v, context=context, query=query) + answer
 
     build.answers = [v for i in query_indices for v in values[i]]
+    build.answer_prefix = answer.strip()
     return build
+
+
+def _singular(text: str) -> str:
+    """Upstream's rewording of a NIAH template for a single needle value."""
+    return text.replace("Some", "A").replace("are all", "is").replace("are", "is").replace("answers", "answer")
 
 
 NIAH_TASKS = {
@@ -152,13 +158,20 @@ def _vt_chain(rng: random.Random, letters: int, num_hops: int = 4) -> tuple[list
     return names, chain
 
 
+def _vt_value(chain: list[str]) -> str:
+    return chain[0].split("=")[-1].strip()
+
+
+def _vt_answer(names: list[str], chain: list[str]) -> str:
+    return VT_ANSWER.format(num_v=len(names), query=_vt_value(chain))
+
+
 def _vt_prompt(names: list[str], chain: list[str], fractions: list[float], n: int) -> str:
     sentences = [NOISE + "\n"] * n
     for j, (fraction, line) in enumerate(zip(fractions, chain)):
         sentences.insert(round(fraction * n) + j, line)
     context = " ".join(sentences).replace(". \n", ".\n")
-    value = chain[0].split("=")[-1].strip()
-    return VT_TEMPLATE.format(context=context, query=value) + VT_ANSWER.format(num_v=len(names), query=value)
+    return VT_TEMPLATE.format(context=context, query=_vt_value(chain)) + _vt_answer(names, chain)
 
 
 def _vt_builder(rng: random.Random, tokenizer, tokens_to_generate: int) -> Callable[[int], str]:
@@ -177,6 +190,7 @@ def _vt_builder(rng: random.Random, tokenizer, tokens_to_generate: int) -> Calla
         return example + "\n\n" + _vt_prompt(names, chain, fractions, n)
 
     build.answers = names
+    build.answer_prefix = _vt_answer(names, chain).strip()
     return build
 
 
@@ -206,6 +220,7 @@ def _cwe_builder(rng: random.Random, length: int) -> Callable[[int], str]:
         return example + "\n" + CWE_TEMPLATE.format(context=_numbered(word_list)) + CWE_ANSWER
 
     build.answers = words[:10]
+    build.answer_prefix = CWE_ANSWER.strip()
     build.limit = len(words) - 10
     return build
 
@@ -233,6 +248,7 @@ def _fwe_builder(rng: random.Random, length: int, alpha: float = 2.0) -> Callabl
         return FWE_TEMPLATE.format(context=" ".join(words)) + FWE_ANSWER
 
     build.answers = ranked[1:4]
+    build.answer_prefix = FWE_ANSWER.strip()
     return build
 
 
@@ -274,4 +290,5 @@ def make_sample(task: str, tokenizer, length: int, index: int, seed: int, depths
         raise ValueError(f"length {length} is too short for {task}") from None
     prompt = build(n).rstrip()
     return Sample(task, length, index, prompt, list(build.answers), info.metric, info.tokens_to_generate,
-                  count_tokens(tokenizer, prompt), depth, {"haystack_units": n, "comparable_with_ruler": info.comparable})
+                  count_tokens(tokenizer, prompt), depth, {"haystack_units": n, "comparable_with_ruler": info.comparable},
+                  answer_prefix=build.answer_prefix)

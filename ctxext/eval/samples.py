@@ -3,6 +3,9 @@
 Every sample is generated from its own random stream, seeded by (seed, task, length,
 index), so a prompt never depends on which other samples, methods or lengths are in the
 run: methods compared side by side see the same prompts, and a resumed run rebuilds them.
+A prompt ends with its answer prefix (the words that start the answer), which a sample
+also keeps apart: lm-eval gets it as ``gen_prefix``, placed after a chat template's
+assistant start instead of inside the user turn.
 """
 
 from __future__ import annotations
@@ -16,13 +19,25 @@ class Sample:
     task: str
     length: int  # the token budget: prompt + max_new_tokens <= length
     index: int
-    prompt: str  # ends with the answer prefix; the model continues it
+    prompt: str  # ends with " " + answer_prefix; the model continues it
     references: list[str]
     metric: str  # a name in scoring.METRICS
     max_new_tokens: int
     n_tokens: int = 0  # prompt tokens with the model's tokenizer (special tokens included)
     depth: float | None = None  # needle depth in [0, 1] for single-needle tasks
     meta: dict = field(default_factory=dict)
+    answer_prefix: str = ""  # the prompt's closing words that start the answer ("The pass key is")
+
+    def __post_init__(self):
+        if self.answer_prefix and not self.prompt.endswith(" " + self.answer_prefix):
+            raise ValueError(f"the {self.task} prompt does not end with its answer prefix {self.answer_prefix!r}")
+
+    @property
+    def question(self) -> str:
+        """The prompt without its answer prefix: ``question + " " + answer_prefix == prompt``."""
+        if not self.answer_prefix:
+            return self.prompt
+        return self.prompt[:-len(" " + self.answer_prefix)]
 
 
 def sample_rng(seed: int, task: str, length: int, index: int) -> random.Random:
