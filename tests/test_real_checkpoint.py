@@ -52,6 +52,19 @@ def test_attention_methods_keep_passkey_at_1_5k_tokens(smollm2, method):
     assert results[0].correct, results[0].generated
 
 
+def test_lm_infinite_top_k_finds_a_key_its_window_hides(smollm2):
+    """A 512-token window hides a key at the start of a 1.5k prompt; top-k middle tokens bring it back."""
+    model, tokenizer = smollm2
+    answers = {}
+    for top_k in (0, 5):
+        ctxext.extend(model, "lm-infinite", factor=1, window=512, top_k=top_k)
+        try:
+            answers[top_k] = run_passkey(model, tokenizer, 1500, depths=[0.0], seed=0)[0]
+        finally:
+            ctxext.restore(model)
+    assert answers[5].correct and not answers[0].correct, {k: r.generated for k, r in answers.items()}
+
+
 def test_unpatched_passkey_at_1k_tokens_over_three_depths(smollm2):
     model, tokenizer = smollm2
     results = run_passkey(model, tokenizer, 1024, depths=[0.0, 0.5, 1.0], seed=0)
