@@ -113,7 +113,10 @@ def _extend_auto(model, factor, target_length, original_length, *, replace, rope
     target = auto_target(model.config, factor, target_length, original_length)
     source = getattr(model.config, "_name_or_path", None) or None
     directory = source if source and (Path(source) / "config.json").is_file() else None
-    method, chosen, note = auto.resolve(source if directory else None, directory, target)
+    own_temperature = any(float(getattr(rotary, "attention_scaling", 1.0)) != 1.0
+                          for _, _, rotary in find_rotary_modules(model))
+    method, chosen, note = auto.resolve(source if directory else None, directory, target,
+                                        own_temperature=own_temperature)
     extend(model, method, factor=factor, target_length=target_length, original_length=original_length,
            replace=replace, rope_layer_types=rope_layer_types, **chosen)
     text_config(model.config).ctxext["auto"] = note

@@ -91,9 +91,10 @@ def write_cached(model: str | Path, directory: str | Path, target_length: int, d
 
 
 def resolve(model: str | Path | None, directory: str | Path | None, target_length: int, *,
-            config_only: bool = False) -> tuple[str, dict, dict]:
+            config_only: bool = False, own_temperature: bool = False) -> tuple[str, dict, dict]:
     """(method, params, note) for ``auto``: the cached tune winner, else the rule. ``note`` is what the
-    patch record keeps: {"chose": method, "params": ..., "reason": ...}."""
+    patch record keeps: {"chose": method, "params": ..., "reason": ...}. ``own_temperature``: the
+    model's rope already scales the logits (a YaRN checkpoint), so the rule leaves log-n scaling off."""
     if model is not None and directory is not None:
         cached = read_cached(model, directory, target_length)
         if cached is not None:
@@ -106,5 +107,9 @@ def resolve(model: str | Path | None, directory: str | Path | None, target_lengt
     params = dict(params)
     why = ("config-only patch: stock engines load yarn" if config_only
            else "runs through ctxext: ReRoPE with log-n scaling, the best passkey retrieval measured at 2x")
+    if not config_only and own_temperature:
+        params["log_scaling"] = False
+        why += "; without log-n scaling, which would stack on the rope's own attention factor"
+
     return method, params, {"chose": method, "params": params,
                             "reason": f"no ctxext tune result cached; rule ({why}; evidence: {EVIDENCE})"}

@@ -170,3 +170,13 @@ def test_bad_input_is_one_line_before_the_model_loads(tiny_eval_dir, tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith("ctxext: error: ") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_auto_on_a_checkpoint_with_its_own_attention_factor_leaves_log_scaling_off(monkeypatch, tmp_path):
+    from test_attention_methods import _yarn_checkpoint
+
+    monkeypatch.setenv("CTXEXT_CACHE", str(tmp_path))
+    model = ctxext.extend(_yarn_checkpoint(), "auto", factor=2)
+    record = model.config.ctxext
+    assert record["method"] == "rerope" and record["params"]["log_scaling"] is False
+    assert "stack" in record["auto"]["reason"]
