@@ -30,9 +30,12 @@ def merge(parts: list[Partial]) -> Partial:
     """Exact softmax over the union of the parts' keys (the parts must not share keys)."""
     if len(parts) == 1:
         return parts[0]
-    lse = torch.stack([p.lse for p in parts]).logsumexp(0)
-    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    out = sum(p.out * (p.lse - safe).exp().unsqueeze(-1) for p in parts)
+    lses = torch.stack([p.lse for p in parts])
+    lse = lses.logsumexp(0)
+    weights = (lses - lse.nan_to_num(0.0, 0.0, 0.0)).exp().unsqueeze(-1)  # rows that see no key: exp(-inf) = 0
+    out = parts[0].out * weights[0]
+    for part, weight in zip(parts[1:], weights[1:]):
+        out.addcmul_(part.out, weight)
     return Partial(out, lse)
 
 
@@ -94,13 +97,26 @@ def rotate(x: torch.Tensor, delta, inv_freq: torch.Tensor) -> torch.Tensor:
     a query already rotated at position p and rotated by delta is the query at p + delta
     (the rope's attention factor, applied once by the model, is kept). Computed in fp32.
     """
-    rotary = inv_freq.numel() * 2
-    delta = torch.as_tensor(delta, dtype=torch.float32, device=x.device)
-    angles = delta.unsqueeze(-1) * inv_freq.to(device=x.device, dtype=torch.float32)
-    cos, sin = torch.cat((angles.cos(),) * 2, dim=-1), torch.cat((angles.sin(),) * 2, dim=-1)
+    return apply_rotation(x, rotation(delta, inv_freq, x.device))
+
+
+def rotation(delta, inv_freq: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cos and sin tables (delta's shape + (2*len(inv_freq),), fp32) that ``rotate`` applies.
+
+    Computed once, they can be applied to every layer's queries or keys of the same positions.
+    """
+    delta = torch.as_tensor(delta, dtype=torch.float32, device=device)
+    angles = delta.unsqueeze(-1) * inv_freq.to(device=device, dtype=torch.float32)
+    return torch.cat((angles.cos(),) * 2, dim=-1), torch.cat((angles.sin(),) * 2, dim=-1)
+
+
+def apply_rotation(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x rotated by ``rotation`` tables; the result has the broadcast shape of x and the tables."""
+    cos, sin = tables
+    rotary = cos.shape[-1]
     part = x[..., :rotary].float()
     first, second = part.chunk(2, dim=-1)
     turned = part * cos + torch.cat((-second, first), dim=-1) * sin
     if rotary == x.shape[-1]:
         return turned.to(x.dtype)
-    return torch.cat((turned.to(x.dtype), x[..., rotary:]), dim=-1)
+    return torch.cat((turned.to(x.dtype), x[..., rotary:].expand(*turned.shape[:-1], -1)), dim=-1)

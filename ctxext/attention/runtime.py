@@ -161,6 +161,7 @@ class AttentionRuntime:
         if len(self.temperatures) > 1:
             raise CtxextError(f"{' and '.join(self.temperatures)} would stack two temperatures; choose one")
         self.positions: torch.Tensor | None = None
+        self._per_forward: dict = {}
         self._hooks: list[Any] = []
         self._attention_modules: list[nn.Module] = []
         self._previous_implementation: str | None = None
@@ -181,6 +182,17 @@ class AttentionRuntime:
 
     def prepare(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, groups: list[RowGroup], scale: float) -> None:
         """Hook before the per-row calls of one layer (Ms-PoE uses it); nothing by default."""
+
+    def per_forward(self, key, build):
+        """``build()``, computed once per model forward for ``key`` and shared by every layer.
+
+        ``key`` must hold everything the result depends on besides the method's parameters
+        and the rotary module (positions, lengths, the device: layers may sit on different
+        devices), so that a call outside a model forward is never handed another call's tensors.
+        """
+        if key not in self._per_forward:
+            self._per_forward[key] = build()
+        return self._per_forward[key]
 
     # -- install / remove --------------------------------------------------------------
     def install(self, model: nn.Module) -> None:
@@ -222,6 +234,7 @@ class AttentionRuntime:
         else:
             positions = args[1]
         self.positions = positions
+        self._per_forward.clear()
         remapped = self.remap_positions(positions)
         if remapped is None:
             return None

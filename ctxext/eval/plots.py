@@ -1,6 +1,7 @@
 """The report's pictures (PNG, matplotlib's Agg backend, no display needed): the needle
 heatmap (depth x length, coloured by score, one panel per method) and perplexity against
-length (one line per method) with the NLL per position bucket at the longest length."""
+length (one line per method) with the NLL per position bucket at the longest length.
+``save_png`` is the one way a figure becomes a file (bench/attention_speed.py uses it too)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..atomic import atomic_write  # noqa: E402
 from .lengths import format_length  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path) -> Path:
     """The figure as a PNG at ``path``, written atomically (never half a picture)."""
     buffer = io.BytesIO()
     try:
@@ -46,7 +47,7 @@ def heatmap(task: str, grid: dict, lengths: list[int], path: Path) -> Path:
         ax.set_xlabel("length (tokens)")
     axes[0][0].set_ylabel("needle depth")
     fig.colorbar(image, ax=axes[0].tolist(), label=f"{task} score")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def perplexity_curves(ppl: dict, native_length: int, path: Path) -> Path:
@@ -68,4 +69,4 @@ def perplexity_curves(ppl: dict, native_length: int, path: Path) -> Path:
               title=f"NLL per position, {format_length(max(max(v) for v in ppl.values()))} window")
     left.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)

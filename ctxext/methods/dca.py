@@ -23,7 +23,7 @@ import torch
 
 from ..attention import bands as blockwise
 from ..attention.bands import Band, band_attention
-from ..attention.kernels import rotate
+from ..attention.kernels import apply_rotation, rotation
 from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
 from ..config import param
 from ..errors import CtxextError
@@ -64,12 +64,11 @@ class DCARuntime(AttentionRuntime):
         return positions % self.stride
 
     def attend(self, call: Call):
-        s, c = self.stride, self.chunk
+        s = self.stride
         n, m = call.q.shape[2], call.k.shape[2]
-        query_positions = call.position + call.q0 + torch.arange(n, device=call.q.device)
-        inside = query_positions % s
-        q_next = rotate(call.q, torch.clamp(inside + s, max=c) - inside, call.inv_freq)
-        q_far = rotate(call.q, c - inside, call.inv_freq)
+        tables = self.per_forward(("queries", call.position + call.q0, n, call.q.device),
+                                  lambda: self._query_rotations(call))
+        q_next, q_far = apply_rotation(call.q, tables)
         scale = call.scale
         total = call.position + m
         if self.config.temperature and total > self.scaling.original_length:
@@ -89,6 +88,14 @@ class DCARuntime(AttentionRuntime):
             blocks.append((i, end))
             i = end
         return band_attention(bands, n, call.q0, scale, blocks)
+
+    def _query_rotations(self, call: Call):
+        """Tables turning the queries to their successive- and inter-chunk positions, stacked on a
+        leading axis of 2, so that one application yields both."""
+        s, c = self.stride, self.chunk
+        inside = (call.position + call.q0 + torch.arange(call.q.shape[2], device=call.q.device)) % s
+        deltas = torch.stack((torch.clamp(inside + s, max=c) - inside, c - inside))
+        return rotation(deltas[:, None, None, :], call.inv_freq, call.q.device)
 
 
 register(AttentionMethod(

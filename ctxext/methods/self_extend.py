@@ -16,8 +16,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from ..attention.bands import Band, band_attention
-from ..attention.kernels import rotate
+from ..attention.kernels import apply_rotation, rotation
 from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
 from ..config import param
 from ..errors import CtxextError
@@ -48,19 +50,28 @@ class SelfExtendRuntime(AttentionRuntime):
         return positions // self.group
 
     def attend(self, call: Call):
-        positions = call.key_positions
         near_start = max(0, call.q0 - self.window + 1)
-        near_positions = positions[near_start:]
-        k_near = rotate(call.k[:, :, near_start:], near_positions - near_positions // self.group, call.inv_freq)
-        query_positions = positions[call.q0 :]
-        q_near = rotate(call.q, query_positions - query_positions // self.group, call.inv_freq)
-        q_grouped = rotate(call.q, self.shift, call.inv_freq)
+        key = ("rotations", call.position, call.q0, call.k.shape[2], call.k.device)
+        key_tables, query_tables = self.per_forward(key, lambda: self._rotations(call, near_start))
+        k_near = apply_rotation(call.k[:, :, near_start:], key_tables)
+        q_near, q_grouped = apply_rotation(call.q, query_tables)
 
         def bands(i0, i1):
             return [Band(q_near, k_near, call.v[:, :, near_start:], near=0, far=self.window - 1, offset=near_start),
                     Band(q_grouped, call.k, call.v, near=self.window, far=math.inf)]
 
         return band_attention(bands, call.q.shape[2], call.q0, call.scale, narrowest=self.window - 1)
+
+    def _rotations(self, call: Call, near_start: int):
+        """Tables turning the neighbour keys and the queries from grouped to true positions, and
+        the queries to the grouped band's shift (these two stacked on a leading axis of 2)."""
+        positions = call.key_positions
+        near_positions = positions[near_start:]
+        query_positions = positions[call.q0 :]
+        query_deltas = torch.stack((query_positions - query_positions // self.group,
+                                    torch.full_like(query_positions, self.shift)))
+        return (rotation(near_positions - near_positions // self.group, call.inv_freq, call.k.device),
+                rotation(query_deltas[:, None, None, :], call.inv_freq, call.q.device))
 
 
 register(AttentionMethod(

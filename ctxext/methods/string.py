@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 
 from ..attention.bands import Band, band_attention
-from ..attention.kernels import rotate
+from ..attention.kernels import apply_rotation, rotation
 from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
 from ..config import param
 from ..errors import CtxextError
@@ -67,7 +67,8 @@ class StringRuntime(AttentionRuntime):
         return "STRING's reference_scale" if config.reference_scale else None
 
     def attend(self, call: Call):
-        far_q = rotate(call.q, self.local - self.shift, call.inv_freq)
+        far_q = apply_rotation(call.q, self.per_forward(("far", call.q.device), lambda: rotation(
+            self.local - self.shift, call.inv_freq, call.q.device)))
 
         def bands(i0, i1):
             return [Band(call.q, call.k, call.v, near=0, far=self.shift - 1),
