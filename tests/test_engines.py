@@ -19,7 +19,7 @@ import ctxext
 from ctxext.serving import engine_view
 
 from conftest import NATIVE, make_model
-from test_serving import EXPECTED, FACTOR, PARAMS
+from test_serving import EXPECTED, FACTOR, patch_every_method
 
 pytestmark = pytest.mark.engines
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,11 +46,7 @@ def _probe(engine: str, script: str, paths: list[Path]) -> dict[str, dict]:
 def vllm_reading(tmp_path_factory):
     """method -> (ctxext's vLLM prediction, what vLLM read), for every row of test_serving's table."""
     root = tmp_path_factory.mktemp("vllm")
-    make_model("llama").save_pretrained(root / "tiny-llama")
-    paths = {}
-    for method in EXPECTED:
-        paths[method] = root / method
-        ctxext.patch_directory(root / "tiny-llama", method, factor=FACTOR, output=paths[method], **PARAMS.get(method, {}))
+    paths = {method: directory for method, (directory, _, _) in patch_every_method(root).items()}
     make_model("qwen2").save_pretrained(root / "tiny-qwen2")
     paths["qwen2-dca-sglang"] = root / "qwen2-dca-sglang"
     ctxext.patch_directory(root / "tiny-qwen2", "dca", factor=FACTOR, output=paths["qwen2-dca-sglang"],

@@ -54,10 +54,8 @@ EXPECTED = {
 ROWS = [(method, engine) for method in EXPECTED for engine in ENGINES]
 
 
-@pytest.fixture(scope="module")
-def patched(tmp_path_factory):
+def patch_every_method(root):
     """method -> (output directory, written config.json, PatchResult), all patched from one tiny Llama."""
-    root = tmp_path_factory.mktemp("serving")
     make_model("llama").save_pretrained(root / "tiny-llama")
     out = {}
     for method in EXPECTED:
@@ -65,6 +63,11 @@ def patched(tmp_path_factory):
                                         **PARAMS.get(method, {}))
         out[method] = (root / method, json.loads((root / method / "config.json").read_text()), result)
     return out
+
+
+@pytest.fixture(scope="module")
+def patched(tmp_path_factory):
+    return patch_every_method(tmp_path_factory.mktemp("serving"))
 
 
 @pytest.mark.parametrize("method,engine", ROWS, ids=[f"{m}-{e}" for m, e in ROWS])
