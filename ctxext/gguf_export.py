@@ -11,12 +11,18 @@ values of every key the patch changed under ``ctxext.original_metadata``.
 Mapping (from the planned transformers rope parameters):
 ``pi`` -> scaling.type linear + factor; ``yarn`` -> yarn + factor + original_context_length
 (+ yarn_beta_fast / yarn_beta_slow / attn_factor when not the defaults); ``ntk`` -> a new
-freq_base with scaling.type none; context_length = the target length in every case.
-What GGUF metadata cannot express is refused before anything is written.
+freq_base with scaling.type none; ``llama3`` -> scaling.type none and a new F32 tensor
+``rope_freqs.weight``, the per-pair frequency divisors llama.cpp's rope applies (what
+llama.cpp's convert_hf_to_gguf.py writes for a llama3 checkpoint), appended after the
+existing tensor data, whose bytes and offsets stay as they are; context_length = the target
+length in every case. The names of added tensors are kept under ``ctxext.added_tensors``, so
+a ``replace`` patch drops them again. What a GGUF cannot express is refused before anything
+is written.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import mmap
@@ -37,6 +43,9 @@ from .registry import get_method
 
 RECORD_KEY = "ctxext.record"
 ORIGINAL_KEY = "ctxext.original_metadata"
+ADDED_KEY = "ctxext.added_tensors"
+ROPE_FREQS = "rope_freqs.weight"
+GGML_F32 = 0
 YARN_BETA_DEFAULTS = (32.0, 1.0)  # llama.cpp's (and the YaRN paper's) beta_fast, beta_slow
 
 # GGUF value types (gguf.constants.GGUFValueType)
@@ -49,10 +58,9 @@ _DYNAMIC = "llama.cpp has no dynamic rope scaling in GGUF metadata (use yarn, pi
 _UNEXPRESSIBLE = {
     "dynamic-ntk": _DYNAMIC,
     "dynamic-yarn": _DYNAMIC,
-    "llama3": "llama.cpp takes llama3 scaling from an extra rope-factor tensor (rope_freqs.weight), not from "
-              "metadata; this export never adds tensors (use yarn, pi or ntk, or patch into a directory)",
     "longrope": "llama.cpp takes longrope from extra rope-factor tensors (rope_factors_long/short.weight), not "
-                "from metadata; this export never adds tensors (use yarn, pi or ntk, or patch into a directory)",
+                "from metadata; this export adds only llama3's rope_freqs.weight (use yarn, pi, ntk or llama3, "
+                "or patch into a directory)",
 }
 _COPY_CHUNK = 16 << 20
 
@@ -68,6 +76,15 @@ class _Field:
 
 
 @dataclass
+class _Tensor:
+    name: str
+    start: int  # byte range of its tensor info in the file
+    end: int
+    offset: int  # where its data starts and ends in the data section
+    data_end: int
+
+
+@dataclass
 class GGUFLayout:
     """Where everything is in a GGUF file (v2/v3), and its scalar and string metadata."""
 
@@ -76,6 +93,7 @@ class GGUFLayout:
     version: int
     tensor_count: int
     fields: dict[str, _Field]
+    tensors: list[_Tensor]
     infos: tuple[int, int]  # byte range of the tensor infos
     alignment: int
     data_offset: int
@@ -174,19 +192,20 @@ def _parse(data: mmap.mmap, path: Path) -> GGUFLayout:
             raise CtxextError(f"{path}: the GGUF key {key} appears twice")
         fields[key] = _Field(key, kind, start, cursor.pos, value)
     infos_start = cursor.pos
-    ends = []
+    tensors = []
     for _ in range(tensor_count):
-        cursor.skip_string()  # the tensor's name
+        start = cursor.pos
+        name = cursor.string()
         shape = [cursor.take("Q") for _ in range(cursor.take("I"))]
         ggml_type, offset = cursor.take("I"), cursor.take("Q")
-        ends.append(_tensor_end(shape, ggml_type, offset))
+        tensors.append(_Tensor(name, start, cursor.pos, offset, _tensor_end(shape, ggml_type, offset)))
     alignment = fields["general.alignment"].value if "general.alignment" in fields else 32
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise CtxextError(f"{path}: invalid general.alignment {alignment!r}")
     data_offset = _aligned(cursor.pos, alignment)
-    if data_offset + max(ends, default=0) > len(data):
+    if data_offset + max((t.data_end for t in tensors), default=0) > len(data):
         raise CtxextError(f"{path}: truncated GGUF file (tensor data ends past the end of the file)")
-    return GGUFLayout(path, order, version, tensor_count, fields, (infos_start, cursor.pos), alignment,
+    return GGUFLayout(path, order, version, tensor_count, fields, tensors, (infos_start, cursor.pos), alignment,
                       data_offset, len(data))
 
 
@@ -208,10 +227,12 @@ def _aligned(offset: int, alignment: int) -> int:
 # -- the patch: planned like a config.json patch, then written as llama.cpp's keys ---------------
 @dataclass
 class GGUFPatch:
-    """What an export writes: new metadata values (None removes a key) and how to serve the file."""
+    """What an export writes: new metadata values (None removes a key), tensors added and dropped, how to serve it."""
 
     plan: ExtensionPlan
     changes: dict[str, tuple[int, Any] | None]  # key -> (GGUF value type, value), None: remove
+    added_tensors: dict[str, list[float]]  # name -> F32 values, appended after the existing tensors
+    dropped_tensors: tuple[str, ...]  # tensors an earlier ctxext patch added
     original: dict[str, Any]  # key -> {"type", "value"} before any ctxext patch (None: absent), per changed key
     serve_command: str
     stock_loadable: bool  # transformers' GGUF loader reproduces the extension (ntk only)
@@ -232,6 +253,10 @@ def plan_gguf_patch(layout: GGUFLayout, method: str, *, output: Path, factor: fl
         raise CtxextError(f"{layout.path} is one part of a split GGUF ({layout.value('split.count')} files); "
                           "merge it first (llama-gguf-split --merge), then patch the merged file")
     before = _before_ctxext(layout, keys, replace)  # typed values from before an earlier ctxext patch
+    dropped = _tensors_added_by_ctxext(layout) if RECORD_KEY in layout.fields else ()
+    if ROPE_FREQS in {t.name for t in layout.tensors} - set(dropped):
+        raise CtxextError(f"{layout.path} already has per-dimension rope factors ({ROPE_FREQS}: llama3 scaling); "
+                          "ctxext does not replace a GGUF's own tensors: patch the Hugging Face checkpoint and convert it")
     config = _config_from_metadata(layout, keys, before)
     plan = plan_extension(config, rope_method.name, factor=factor, target_length=target_length,
                           original_length=original_length, params=params)
@@ -242,6 +267,7 @@ def plan_gguf_patch(layout: GGUFLayout, method: str, *, output: Path, factor: fl
     rope = plan.fields["rope_parameters"]
     rope_type = rope.get("rope_type", "default")
     new: dict[str, tuple[int, Any]] = {keys.context: (_int_type(layout, keys.context), target)}
+    added: dict[str, list[float]] = {}
     beta_flags = ""
     if rope_type == "linear":
         new[keys.scaling_type] = (STRING, "linear")
@@ -263,6 +289,9 @@ def plan_gguf_patch(layout: GGUFLayout, method: str, *, output: Path, factor: fl
     elif rope_type == "default":
         new[keys.scaling_type] = (STRING, "none")
         new[keys.freq_base] = (FLOAT32, float(rope["rope_theta"]))
+    elif rope_type == "llama3":
+        new[keys.scaling_type] = (STRING, "none")  # the scaling is all in the factors, as for a converted Llama 3.1
+        added[ROPE_FREQS] = llama3_rope_factors(config, plan)
     else:
         raise CtxextError(f"'{rope_method.name}' writes rope type '{rope_type}', which GGUF metadata cannot express")
 
@@ -278,9 +307,27 @@ def plan_gguf_patch(layout: GGUFLayout, method: str, *, output: Path, factor: fl
             original[key] = _typed(layout, key)
     changes[RECORD_KEY] = (STRING, json.dumps(plan.record.to_dict(), sort_keys=True))
     changes[ORIGINAL_KEY] = (STRING, json.dumps(original, sort_keys=True))
+    changes[ADDED_KEY] = (STRING, json.dumps(sorted(added))) if added else None
     changes = {k: v for k, v in changes.items() if not (v is None and k not in layout.fields)}
     serve = f"llama-server -m {shlex.quote(str(output))} -c {target}{beta_flags}"
-    return GGUFPatch(plan, changes, original, serve, stock_loadable=rope_type == "default")
+    return GGUFPatch(plan, changes, added, dropped, original, serve, stock_loadable=rope_type == "default")
+
+
+def llama3_rope_factors(config: Any, plan: ExtensionPlan) -> list[float]:
+    """llama.cpp's rope_freqs for a llama3 patch: per rotary pair, the native inverse frequency over llama3's.
+
+    llama.cpp divides each pair's angle by its factor, so these reproduce transformers' llama3 frequencies.
+    """
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from .plan import apply_fields
+
+    native, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(config)
+    patched = copy.deepcopy(config)
+    apply_fields(patched, plan.fields)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](patched, "cpu")
+    return (native / scaled).tolist()
 
 
 def _typed(layout: GGUFLayout, key: str) -> dict[str, Any] | None:
@@ -349,6 +396,21 @@ def _before_ctxext(layout: GGUFLayout, keys: _Keys, replace: bool) -> dict[str, 
     return before
 
 
+def _tensors_added_by_ctxext(layout: GGUFLayout) -> tuple[str, ...]:
+    """The tensors an earlier ctxext patch appended (a replace patch drops them); refusals."""
+    if ADDED_KEY not in layout.fields:
+        return ()
+    try:
+        names = json.loads(layout.value(ADDED_KEY, ""))
+    except ValueError:
+        names = None
+    present = {t.name for t in layout.tensors}
+    if not isinstance(names, list) or not all(isinstance(n, str) and n in present for n in names):
+        raise CtxextError(f"{layout.path}: {ADDED_KEY} is broken, so the tensors the ctxext patch added are unknown; "
+                          "patch the original GGUF instead")
+    return tuple(names)
+
+
 def _config_from_metadata(layout: GGUFLayout, keys: _Keys, before: dict[str, dict[str, Any] | None]):
     """A transformers config carrying just the rope setup llama.cpp reads from the metadata."""
     from transformers import LlamaConfig
@@ -410,8 +472,25 @@ def _encode(order: str, key: str, kind: int, value: Any) -> bytes:
     return head + struct.pack(order + _SCALARS[kind], value)
 
 
-def _write(layout: GGUFLayout, changes: dict[str, tuple[int, Any] | None], out: BinaryIO) -> None:
-    order = layout.order
+def _encode_f32_info(order: str, name: str, count: int, offset: int) -> bytes:
+    raw_name = name.encode("utf-8")
+    return (struct.pack(f"{order}Q", len(raw_name)) + raw_name
+            + struct.pack(f"{order}IQIQ", 1, count, GGML_F32, offset))
+
+
+def _kept_data_end(layout: GGUFLayout, dropped: tuple[str, ...]) -> int:
+    """Where the copied data section ends: before the dropped tensors, which ctxext appended last."""
+    if not dropped:
+        return layout.size - layout.data_offset
+    cut = min(t.offset for t in layout.tensors if t.name in dropped)
+    if any(t.data_end > cut for t in layout.tensors if t.name not in dropped):
+        raise CtxextError(f"{layout.path}: the tensors ctxext added are no longer at the end of the data section; "
+                          "patch the original GGUF instead")
+    return cut
+
+
+def _write(layout: GGUFLayout, patch: GGUFPatch, out: BinaryIO) -> None:
+    order, changes = layout.order, patch.changes
     with open(layout.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         if len(data) != layout.size:
             raise CtxextError(f"{layout.path} changed while it was being exported; nothing written")
@@ -423,14 +502,26 @@ def _write(layout: GGUFLayout, changes: dict[str, tuple[int, Any] | None], out: 
                 entries.append(_encode(order, key, *changes[key]))
         entries += [_encode(order, key, *change) for key, change in changes.items()
                     if change is not None and key not in layout.fields]
-        out.write(b"GGUF" + struct.pack(f"{order}IQQ", layout.version, layout.tensor_count, len(entries)))
-        for entry in entries:
-            out.write(entry)
-        out.write(data[layout.infos[0]:layout.infos[1]])
-        position = 24 + sum(len(e) for e in entries) + layout.infos[1] - layout.infos[0]
+        infos = [data[t.start:t.end] for t in layout.tensors if t.name not in patch.dropped_tensors]
+        kept_end = _kept_data_end(layout, patch.dropped_tensors)
+        appended = []  # (offset in the data section, bytes)
+        position = kept_end
+        for name, values in patch.added_tensors.items():
+            position = _aligned(position, layout.alignment)
+            infos.append(_encode_f32_info(order, name, len(values), position))
+            appended.append((position, struct.pack(f"{order}{len(values)}f", *values)))
+            position += len(appended[-1][1])
+        out.write(b"GGUF" + struct.pack(f"{order}IQQ", layout.version, len(infos), len(entries)))
+        for chunk in entries + infos:
+            out.write(chunk)
+        position = 24 + sum(map(len, entries)) + sum(map(len, infos))
         out.write(b"\0" * (_aligned(position, layout.alignment) - position))
-        for start in range(layout.data_offset, layout.size, _COPY_CHUNK):
-            out.write(data[start:min(start + _COPY_CHUNK, layout.size)])
+        for start in range(layout.data_offset, layout.data_offset + kept_end, _COPY_CHUNK):
+            out.write(data[start:min(start + _COPY_CHUNK, layout.data_offset + kept_end)])
+        position = kept_end
+        for offset, raw in appended:
+            out.write(b"\0" * (offset - position) + raw)
+            position = offset + len(raw)
 
 
 def check_new_gguf_output(output: Path, source: Path) -> None:
@@ -461,17 +552,19 @@ def export_gguf(gguf: str | Path, output: str | Path, method: str, *, dry_run: b
     layout = read_layout(source)
     patch = plan_gguf_patch(layout, method, output=output, **options)
     if dry_run:
-        return patch, _diff(layout, patch.changes)
+        return patch, _diff(layout, patch)
     with new_file(output) as handle:
-        _write(layout, patch.changes, handle)
+        _write(layout, patch, handle)
     return patch, None
 
 
-def _diff(layout: GGUFLayout, changes: dict[str, tuple[int, Any] | None]) -> str:
+def _diff(layout: GGUFLayout, patch: GGUFPatch) -> str:
     lines = [f"--- {layout.path.name}", f"+++ {layout.path.name} (patched)"]
-    for key, change in changes.items():
+    for key, change in patch.changes.items():
         if key in layout.fields:
             lines.append(f"-{key} = {json.dumps(layout.value(key))}")
         if change is not None:
             lines.append(f"+{key} = {json.dumps(change[1])}")
+    lines += [f"-tensor {name}" for name in patch.dropped_tensors]
+    lines += [f"+tensor {name} F32 {json.dumps(values)}" for name, values in patch.added_tensors.items()]
     return "\n".join(lines)

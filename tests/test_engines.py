@@ -111,6 +111,7 @@ GGUF_CASES = {  # method, options -> what llama.cpp's load log must say
     "yarn": (dict(factor=4), {"rope scaling": "yarn", "n_ctx_orig_yarn": "8192", "freq_scale_train": "0.25"}),
     "pi": (dict(factor=2), {"rope scaling": "linear", "freq_scale_train": "0.5"}),
     "ntk": (dict(factor=2), {"rope scaling": "none", "freq_scale_train": "1"}),
+    "llama3": (dict(factor=4), {"rope scaling": "none", "freq_scale_train": "1"}),  # factors: rope_freqs.weight
 }
 
 

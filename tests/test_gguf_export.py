@@ -23,7 +23,7 @@ def _key(name: str) -> str:
     return f"{ARCH}.{name}"
 
 
-def write_tiny_gguf(path, *, alignment=None, big_endian=False, extra=None):
+def write_tiny_gguf(path, *, alignment=None, big_endian=False, extra=None, extra_tensors=None):
     """A tiny llama-like GGUF: a few tensors (one Q8_0 when gguf can quantize), a string array, rope keys."""
     endian = gguf.GGUFEndian.BIG if big_endian else gguf.GGUFEndian.LITTLE
     writer = gguf.GGUFWriter(str(path), ARCH, endianess=endian)
@@ -48,6 +48,8 @@ def write_tiny_gguf(path, *, alignment=None, big_endian=False, extra=None):
     except (AttributeError, NotImplementedError):  # an older gguf without quantize()
         writer.add_tensor("blk.0.attn_q.weight", weight.astype(np.float16))
     writer.add_tensor("output_norm.weight", rng.standard_normal(32).astype(np.float16))
+    for name, values in (extra_tensors or {}).items():
+        writer.add_tensor(name, values)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -146,8 +148,7 @@ def test_custom_alignment_and_big_endian_files_keep_their_layout(tmp_path, layou
 @pytest.mark.parametrize("method, message", [
     ("dynamic-ntk", "no dynamic rope scaling"),
     ("dynamic-yarn", "no dynamic rope scaling"),
-    ("llama3", r"extra rope-factor tensor \(rope_freqs.weight\)"),
-    ("longrope", r"extra rope-factor tensors \(rope_factors_long/short.weight\)"),
+    ("longrope", r"extra rope-factor tensors \(rope_factors_long/short.weight\).*adds only llama3's"),
     ("dca", "changes attention itself"),
     ("string", "changes attention itself"),
     ("lm-infinite", "changes attention itself"),
@@ -217,8 +218,8 @@ def test_a_gguf_with_native_scaling_or_a_ctxext_patch_needs_replace(tmp_path):
 def test_a_failure_while_writing_leaves_no_file(tiny_gguf, tmp_path, monkeypatch):
     real_write = gguf_export._write
 
-    def interrupted(layout, changes, out):
-        real_write(layout, changes, out)  # the whole file, then Ctrl-C before it is renamed into place
+    def interrupted(layout, patch, out):
+        real_write(layout, patch, out)  # the whole file, then Ctrl-C before it is renamed into place
         raise KeyboardInterrupt
 
     monkeypatch.setattr(gguf_export, "_write", interrupted)
@@ -226,7 +227,7 @@ def test_a_failure_while_writing_leaves_no_file(tiny_gguf, tmp_path, monkeypatch
         ctxext.patch(tiny_gguf, "yarn", output=tmp_path / "out.gguf", factor=2)
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.gguf"]
 
-    def broken(layout, changes, out):
+    def broken(layout, patch, out):
         out.write(b"GGUF half")
         raise OSError(28, "No space left on device")
 
@@ -240,8 +241,8 @@ def test_the_output_is_never_overwritten_if_it_appears_while_writing(tiny_gguf, 
     real_write = gguf_export._write
     out = tmp_path / "out.gguf"
 
-    def racing(layout, changes, handle):
-        real_write(layout, changes, handle)
+    def racing(layout, patch, handle):
+        real_write(layout, patch, handle)
         out.write_bytes(b"someone else's")
 
     monkeypatch.setattr(gguf_export, "_write", racing)
@@ -251,11 +252,81 @@ def test_the_output_is_never_overwritten_if_it_appears_while_writing(tiny_gguf, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf", "tiny.gguf"]
 
 
+def llama3_factors(factor: float, low: float = 1.0, high: float = 4.0) -> np.ndarray:
+    """Llama 3.1's per-pair divisors of the rope frequencies for the tiny GGUF, from the paper's formula."""
+    inv_freq = 10000.0 ** -(np.arange(0, ROTARY, 2) / ROTARY)
+    wavelength = 2 * math.pi / inv_freq
+    smooth = (NATIVE / wavelength - low) / (high - low)
+    blended = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelength < NATIVE / high, 1.0, np.where(wavelength > NATIVE / low, factor, blended))
+
+
+@pytest.mark.parametrize("layout", [{}, dict(alignment=64), dict(big_endian=True)])
+def test_llama3_adds_rope_freqs_after_every_original_tensor_kept_byte_for_byte(tmp_path, layout):
+    source = write_tiny_gguf(tmp_path / "tiny.gguf", **layout)
+    out = tmp_path / "out.gguf"
+    result = ctxext.patch(source, "llama3", factor=4, high_freq_factor=2.0, output=out)
+    assert result.serve_command == f"llama-server -m {out} -c {4 * NATIVE}" and not result.stock_loadable
+
+    before, after = metadata(source), metadata(out)
+    diff = changed(before, after)
+    record = json.loads(diff.pop("ctxext.record"))
+    original = json.loads(diff.pop("ctxext.original_metadata"))
+    assert diff == {_key("context_length"): 4 * NATIVE, _key("rope.scaling.type"): "none",
+                    "ctxext.added_tensors": '["rope_freqs.weight"]'}
+    assert record == result.record.to_dict() and record["params"]["high_freq_factor"] == 2.0
+    assert original == {_key("context_length"): {"type": int(gguf.GGUFValueType.UINT32), "value": NATIVE},
+                        _key("rope.scaling.type"): None}
+
+    original_reader, reader = gguf.GGUFReader(source), gguf.GGUFReader(out)
+    assert reader.byte_order == original_reader.byte_order and reader.data_offset % reader.alignment == 0
+    assert tensors(reader)[:-1] == tensors(original_reader)
+    assert bytes(reader.data[reader.data_offset:len(original_reader.data) - original_reader.data_offset
+                             + reader.data_offset]) == bytes(original_reader.data[original_reader.data_offset:])
+    rope_freqs = reader.tensors[-1]
+    assert (rope_freqs.name, rope_freqs.tensor_type, rope_freqs.shape.tolist()) == (
+        "rope_freqs.weight", gguf.GGMLQuantizationType.F32, [ROTARY // 2])
+    assert rope_freqs.data_offset % reader.alignment == 0
+    expected = llama3_factors(4.0, high=2.0)
+    assert ((expected > 1.0) & (expected < 4.0)).any()  # a blended pair, not only kept and divided ones
+    np.testing.assert_allclose(rope_freqs.data.astype(np.float64), expected, rtol=1e-6)
+
+
+def test_a_replace_patch_drops_the_tensor_an_earlier_llama3_patch_added(tiny_gguf, tmp_path):
+    llama3 = tmp_path / "llama3.gguf"
+    ctxext.patch(tiny_gguf, "llama3", factor=4, output=llama3)
+    with pytest.raises(ctxext.CtxextError, match="already patched with 'llama3' by ctxext"):
+        ctxext.patch(llama3, "yarn", factor=2, output=tmp_path / "yarn.gguf")
+    ctxext.patch(llama3, "yarn", factor=2, output=tmp_path / "yarn.gguf", replace=True)
+    reader = assert_same_tensors(tiny_gguf, tmp_path / "yarn.gguf")
+    assert "ctxext.added_tensors" not in reader.fields
+    assert reader.fields[_key("rope.scaling.type")].contents() == "yarn"
+
+    ctxext.patch(llama3, "llama3", factor=2, output=tmp_path / "again.gguf", replace=True)
+    reader = gguf.GGUFReader(tmp_path / "again.gguf")
+    assert [t.name for t in reader.tensors].count("rope_freqs.weight") == 1
+    assert tensors(reader)[:-1] == tensors(gguf.GGUFReader(tiny_gguf))
+    np.testing.assert_allclose(reader.tensors[-1].data.astype(np.float64), llama3_factors(2.0), rtol=1e-6)
+    assert len(reader.data) == (tmp_path / "again.gguf").stat().st_size
+
+
+@pytest.mark.parametrize("method, replace", [("llama3", False), ("llama3", True), ("yarn", True)])
+def test_a_gguf_with_its_own_rope_freqs_is_refused(tmp_path, method, replace):
+    source = write_tiny_gguf(tmp_path / "llama31.gguf",
+                             extra_tensors={"rope_freqs.weight": np.full(ROTARY // 2, 2.0, dtype=np.float32)})
+    with pytest.raises(ctxext.CtxextError, match=r"already has per-dimension rope factors \(rope_freqs.weight") as error:
+        ctxext.patch(source, method, factor=2, output=tmp_path / "out.gguf", replace=replace)
+    assert "\n" not in str(error.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["llama31.gguf"]
+
+
 def test_dry_run_prints_the_metadata_diff_and_writes_nothing(tiny_gguf, tmp_path):
     result = ctxext.patch(tiny_gguf, "yarn", output=tmp_path / "out.gguf", factor=2, dry_run=True)
     assert f"-{ARCH}.context_length = {NATIVE}" in result.diff.splitlines()
     assert f"+{ARCH}.context_length = {2 * NATIVE}" in result.diff.splitlines()
     assert f'+{ARCH}.rope.scaling.type = "yarn"' in result.diff.splitlines()
+    llama3 = ctxext.patch(tiny_gguf, "llama3", output=tmp_path / "out.gguf", factor=4, dry_run=True)
+    assert llama3.diff.splitlines()[-1].startswith("+tensor rope_freqs.weight F32 [1.0, ")
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.gguf"]
 
 
