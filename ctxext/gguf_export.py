@@ -91,7 +91,6 @@ class GGUFLayout:
     path: Path
     order: str  # struct byte order of the file: '<' or '>'
     version: int
-    tensor_count: int
     fields: dict[str, _Field]
     tensors: list[_Tensor]
     infos: tuple[int, int]  # byte range of the tensor infos
@@ -205,7 +204,7 @@ def _parse(data: mmap.mmap, path: Path) -> GGUFLayout:
     data_offset = _aligned(cursor.pos, alignment)
     if data_offset + max((t.data_end for t in tensors), default=0) > len(data):
         raise CtxextError(f"{path}: truncated GGUF file (tensor data ends past the end of the file)")
-    return GGUFLayout(path, order, version, tensor_count, fields, tensors, (infos_start, cursor.pos), alignment,
+    return GGUFLayout(path, order, version, fields, tensors, (infos_start, cursor.pos), alignment,
                       data_offset, len(data))
 
 
