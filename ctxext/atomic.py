@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 from contextlib import contextmanager
@@ -49,6 +49,16 @@ def _copy_ownership(source: Path, destination: str | Path) -> None:
             pass  # only root may give a file away; the mode is kept all the same
 
 
+def _fresh_path(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """An unused name in ``parent``; nothing is created. Callers create it inside the block that
+    removes it, so a Ctrl-C can never fall between creating a temporary and guarding it."""
+    return parent / f"{prefix}{secrets.token_hex(8)}{suffix}"
+
+
+def _new_temporary_file(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
 def atomic_write(path: Path, data: bytes, like: Path | None = None) -> None:
     """Replace ``path`` with ``data`` atomically (temporary file beside it, fsync, rename).
 
@@ -57,9 +67,9 @@ def atomic_write(path: Path, data: bytes, like: Path | None = None) -> None:
     """
     path = Path(path)
     like = like if like is not None else path
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _fresh_path(path.parent, f".{path.name}.", ".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(_new_temporary_file(tmp), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -69,7 +79,7 @@ def atomic_write(path: Path, data: bytes, like: Path | None = None) -> None:
             os.chmod(tmp, usual_mode(directory=False))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -81,9 +91,10 @@ def staged(target: Path, *, merge: bool = False, replace: bool = False) -> Itera
     lets a previous ``target`` be swapped out (and then deleted) after the new one is complete.
     """
     target = Path(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_MARK}", dir=target.parent))
-    old = None
+    staging = _fresh_path(target.parent, f".{target.name}{STAGING_MARK}")
+    old = _fresh_path(target.parent, f".{target.name}.ctxext-old-")
     try:
+        os.mkdir(staging, 0o700)
         yield staging
         if merge:
             for item in sorted(staging.iterdir()):
@@ -93,7 +104,7 @@ def staged(target: Path, *, merge: bool = False, replace: bool = False) -> Itera
         if not (replace and target.exists()):
             os.replace(staging, target)
             return
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.ctxext-old-", dir=target.parent))
+        os.mkdir(old, 0o700)
         os.replace(target, old / target.name)
         try:
             os.replace(staging, target)
@@ -102,8 +113,7 @@ def staged(target: Path, *, merge: bool = False, replace: bool = False) -> Itera
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
@@ -127,9 +137,9 @@ def new_file(output: Path) -> Iterator[BinaryIO]:
 
     Removed on any exception (Ctrl-C included); never replaces a file that appeared meanwhile.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".ctxext-tmp", dir=output.parent)
+    tmp = _fresh_path(output.parent, f".{output.name}.", ".ctxext-tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(_new_temporary_file(tmp), "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -143,4 +153,4 @@ def new_file(output: Path) -> Iterator[BinaryIO]:
                 raise CtxextError(f"{output}: output appeared while it was being written; nothing replaced") from None
             os.replace(tmp, output)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)

@@ -94,6 +94,31 @@ def test_staged_folder_appears_whole_or_not_at_all(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~_umask()
 
 
+def _interrupt_right_after(function):
+    """``function`` that does its work, then raises KeyboardInterrupt: a Ctrl-C the instant it returns."""
+    def interrupted(*args, **kwargs):
+        function(*args, **kwargs)
+        raise KeyboardInterrupt
+    return interrupted
+
+
+def test_a_ctrl_c_right_after_a_temporary_is_created_leaves_nothing(tmp_path, monkeypatch):
+    from ctxext import atomic
+
+    monkeypatch.setattr(atomic.os, "mkdir", _interrupt_right_after(os.mkdir))
+    with pytest.raises(KeyboardInterrupt):
+        with staged(tmp_path / "out"):
+            pass
+    monkeypatch.undo()
+    monkeypatch.setattr(atomic, "_new_temporary_file", _interrupt_right_after(atomic._new_temporary_file))
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "config.json", b"{}")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.new_file(tmp_path / "model.gguf"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_staged_replace_keeps_the_old_folder_until_the_new_one_is_complete(tmp_path):
     target = tmp_path / "merged"
     target.mkdir()
