@@ -183,7 +183,7 @@ def test_output_inside_the_model_directory_is_refused(tiny_dir):
     (["--method", "yarn"], "needs --method dca"),
     (["--method", "auto"], "not auto"),
 ])
-def test_engine_config_misuse_is_one_line_and_changes_nothing(tiny_dir, extra, message):
+def test_engine_config_misuse_is_refused_in_one_line_and_changes_nothing(tiny_dir, extra, message):
     before = tree(tiny_dir)
     assert_one_line_error(run_cli("patch", *extra, "--factor", "2", "--engine-config", "sglang", tiny_dir), message)
     assert tree(tiny_dir) == before
