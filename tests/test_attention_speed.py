@@ -42,3 +42,21 @@ def test_sweep_plot_draws_one_line_per_method_in_each_panel(tmp_path, monkeypatc
     for ax in drawn[0].axes:
         assert [(line.get_label(), list(line.get_xdata())) for line in ax.get_lines()] == [
             (method, [32, 64]) for method in ("unpatched", "dca", "string")]
+
+
+def test_rounds_keep_the_fastest_times_and_methods_take_parameters():
+    command = [sys.executable, str(SCRIPT), "--lengths", "32", "--decode-steps", "0", "--rounds", "2", "--layers", "1",
+               "--methods", "unpatched,lm-infinite@window=16+n_global=2"]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    measured = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert [row["method"] for row in measured] == ["unpatched", "lm-infinite@window=16+n_global=2"] * 2
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert table[0] == "| method | prefill 32 s (ratio) | peak MiB 32 (ratio) |"  # no decode column
+    fastest = min(row["prefill_s"]["32"] for row in measured[1::2])
+    assert table[2].startswith(f"| lm-infinite@window=16+n_global=2 | {fastest:.2f} (")
+
+
+def test_method_spec_reads_typed_parameters():
+    assert _bench().method_spec("lm-infinite@window=4096+top_k=5+log_scaling=true") == (
+        "lm-infinite", {"window": 4096, "top_k": 5, "log_scaling": True})
+    assert _bench().method_spec("dca") == ("dca", {})

@@ -2,8 +2,10 @@
 
 Attention-level methods split the keys of a query into parts that see different relative
 positions. Each part is computed by a fast fused kernel that returns its log-sum-exp, and
-the parts are merged exactly in fp32. On CPU the kernel is PyTorch's flash attention for
-CPU, on CUDA the memory-efficient SDPA kernel; elsewhere a plain matmul path. Grouped-query
+the parts are merged exactly in fp32. ``_kernel`` is the one place that chooses: on CPU
+PyTorch's flash attention for CPU; on CUDA the flash kernel for unmasked fp16/bf16 parts
+(compute capability 8.0 or newer, head dim at most 256) and the memory-efficient kernel
+for the rest; elsewhere a plain matmul path. Grouped-query
 attention never copies the whole key cache: for unmasked parts the query heads of one
 key/value head are folded into the query axis instead.
 """
@@ -16,6 +18,7 @@ import torch
 
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _CUDA_EFFICIENT = getattr(torch.ops.aten, "_scaled_dot_product_efficient_attention", None)
+_CUDA_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention", None)
 
 
 @dataclass
@@ -44,6 +47,9 @@ def _kernel(q, k, v, scale: float, causal: bool, mask: torch.Tensor | None):
     if q.device.type == "cpu" and _CPU_FLASH is not None:
         additive = None if mask is None else torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, float("-inf"))
         return _CPU_FLASH(q, k, v, 0.0, causal, attn_mask=additive, scale=scale)
+    if mask is None and _cuda_flash_fits(q):  # pieces are squares, so the kernel's causal alignment does not matter
+        out, lse = _CUDA_FLASH(q, k, v, 0.0, causal, False, scale=scale)[:2]
+        return out, lse.float()
     if q.device.type == "cuda" and _CUDA_EFFICIENT is not None and q.dtype in (torch.float16, torch.bfloat16, torch.float32):
         bias = None
         if mask is not None:  # the kernel wants the bias rows aligned to 8 elements
@@ -61,6 +67,11 @@ def _kernel(q, k, v, scale: float, causal: bool, mask: torch.Tensor | None):
     lse = logits.logsumexp(-1)
     weights = (logits - lse.unsqueeze(-1)).exp().nan_to_num(0.0)
     return (weights @ v.float()).to(q.dtype), lse
+
+
+def _cuda_flash_fits(q: torch.Tensor) -> bool:
+    return (q.device.type == "cuda" and _CUDA_FLASH is not None and q.dtype in (torch.float16, torch.bfloat16)
+            and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0 and torch.cuda.get_device_capability(q.device) >= (8, 0))
 
 
 def attend(q, k, v, scale: float, causal: bool = False, mask: torch.Tensor | None = None) -> Partial:
