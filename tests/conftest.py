@@ -99,3 +99,15 @@ def tiny_eval_dir(tmp_path_factory):
     model.save_pretrained(path)
     byte_tokenizer().save_pretrained(path)
     return path
+
+
+def assert_refused_before_loading(monkeypatch, capsys, loader, argv: list[str], out, message: str) -> None:
+    """``ctxext ARGV`` exits 2 with one 'ctxext: error:' line holding ``message``, without calling
+    ``loader.load_model`` and without writing ``out``."""
+    from ctxext.cli import main
+
+    monkeypatch.setattr(loader, "load_model", lambda config: pytest.fail("the model was loaded"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ctxext: error: ") and message in err and err.count("\n") == 1, err
+    assert not out.exists()

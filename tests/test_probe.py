@@ -22,6 +22,8 @@ from ctxext.eval.store import RECORDS
 from ctxext.eval.summary import summarize
 from ctxext.info import describe
 
+from conftest import assert_refused_before_loading
+
 TASKS = ["passkey", "niah_single_1"]
 LENGTHS = [600, 700]  # the byte tokenizer's niah_single_1 prompts need about 520 tokens
 
@@ -167,12 +169,9 @@ def test_the_record_field_round_trips_and_old_records_load(tiny_dir):
     (["--lengths", "600", "--depths", "random"], "--depths must be comma-separated numbers in [0, 1]"),
 ])
 def test_bad_input_is_one_line_before_the_model_loads(tiny_eval_dir, tmp_path, capsys, monkeypatch, extra, message):
-    monkeypatch.setattr(runner, "load_model", lambda config: pytest.fail("the model was loaded"))
     out = tmp_path / "probe"
-    assert main(["probe", str(tiny_eval_dir), "--out", str(out), *extra]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("ctxext: error: ") and message in err and err.count("\n") == 1
-    assert not out.exists()
+    assert_refused_before_loading(monkeypatch, capsys, runner, ["probe", str(tiny_eval_dir), "--out", str(out), *extra],
+                                  out, message)
 
 
 def test_bad_library_arguments(tiny_eval_dir):

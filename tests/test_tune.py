@@ -20,7 +20,7 @@ from ctxext.eval import tune as tune_module
 from ctxext.eval.runner import EvalConfig, check_config
 from ctxext.eval.tune import Row, rank, seeded_order, tune
 
-from conftest import make_model
+from conftest import assert_refused_before_loading, make_model
 
 SMALL = dict(methods=["yarn", "ntk"], short_length=300, tasks=["passkey"], depths=[0.5])  # passkey fits 300 bytes
 
@@ -164,12 +164,9 @@ def test_patch_auto_uses_a_cached_winner_and_old_records_still_load(tiny_dir, tm
     (["--target-length", "400", "--short-length", "10"], "too short"),
 ])
 def test_bad_input_is_one_line_before_the_model_loads(tiny_eval_dir, tmp_path, capsys, monkeypatch, extra, message):
-    monkeypatch.setattr(tune_module, "load_model", lambda config: pytest.fail("the model was loaded"))
     out = tmp_path / "tune"
-    assert main(["tune", str(tiny_eval_dir), "--out", str(out), *extra]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("ctxext: error: ") and message in err and err.count("\n") == 1
-    assert not out.exists()
+    assert_refused_before_loading(monkeypatch, capsys, tune_module, ["tune", str(tiny_eval_dir), "--out", str(out), *extra],
+                                  out, message)
 
 
 def test_auto_on_a_checkpoint_with_its_own_attention_factor_leaves_log_scaling_off(monkeypatch, tmp_path):

@@ -127,7 +127,8 @@ def apply_rotation(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -
     rotary = cos.shape[-1]
     part = x[..., :rotary].float()
     first, second = part.chunk(2, dim=-1)
-    turned = part * cos + torch.cat((-second, first), dim=-1) * sin
+    turned = part * cos
+    turned.addcmul_(torch.cat((-second, first), dim=-1), sin)  # in place: one temporary of the result's size less
     if rotary == x.shape[-1]:
         return turned.to(x.dtype)
     return torch.cat((turned.to(x.dtype), x[..., rotary:].expand(*turned.shape[:-1], -1)), dim=-1)
