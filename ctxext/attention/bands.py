@@ -49,12 +49,12 @@ def _regions(i0: int, i1: int, band: Band, hi: int):
     cuts = {i0, i1}
     if math.isfinite(band.far):
         cuts.add(int(lo + band.far))
-    cuts.add(hi + band.near - 1)
+    cuts.add(hi + band.near)  # row hi + near - 1 is the last that the diagonal form still serves
     rows = sorted(c for c in cuts if i0 <= c <= i1)
     out = []
     for r0, r1 in zip(rows, rows[1:]):
         lower_fixed = not math.isfinite(band.far) or r0 < lo + band.far
-        upper_fixed = r0 >= hi + band.near - 1
+        upper_fixed = r0 >= hi + band.near
         if r1 - r0 == 1:
             start = lo if lower_fixed else int(r0 - band.far)
             end = hi if upper_fixed else r0 - band.near + 1
