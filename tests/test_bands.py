@@ -27,10 +27,10 @@ BAND_SHAPES = [
 ]
 
 
-def _visible(band: Band, rows: torch.Tensor, keys: torch.Tensor, hi: int) -> torch.Tensor:
+def _visible(band: Band, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     distance = rows[:, None] - keys[None, :]
-    return ((distance >= band.near) & (distance <= band.far) & (keys[None, :] >= max(band.lo, band.offset))
-            & (keys[None, :] < hi))
+    lo, hi = band.key_range
+    return (distance >= band.near) & (distance <= band.far) & (keys[None, :] >= lo) & (keys[None, :] < hi)
 
 
 def _dense(band_list: list[Band], n: int, q0: int, scale: float) -> torch.Tensor:
@@ -39,11 +39,10 @@ def _dense(band_list: list[Band], n: int, q0: int, scale: float) -> torch.Tensor
     logits, values = [], []
     for band in band_list:
         keys = band.offset + torch.arange(band.k.shape[2])
-        hi = band.offset + band.k.shape[2] if band.hi is None else min(band.hi, band.offset + band.k.shape[2])
         group = band.q.shape[1] // band.k.shape[1]
         k, v = band.k.repeat_interleave(group, 1), band.v.repeat_interleave(group, 1)
         band_logits = (band.q.double() @ k.double().transpose(-1, -2)) * scale
-        logits.append(band_logits.masked_fill(~_visible(band, rows, keys, hi), -math.inf))
+        logits.append(band_logits.masked_fill(~_visible(band, rows, keys), -math.inf))
         values.append(v.double())
     weights = torch.cat(logits, -1).softmax(-1).nan_to_num(0.0)
     return weights @ torch.cat(values, 2)
@@ -77,11 +76,10 @@ def test_bands_with_their_own_rotations_merge_into_one_softmax(block):
 @pytest.mark.parametrize("shape", BAND_SHAPES, ids=[str(s) for s in BAND_SHAPES])
 def test_regions_cover_each_visible_pair_once_and_mask_only_narrow_bands(shape):
     band = _band(shape, torch.Generator().manual_seed(0), N - Q0)
-    hi = band.offset + band.k.shape[2] if band.hi is None else min(band.hi, band.offset + band.k.shape[2])
     for block, i0 in itertools.product([1, 4, 9], range(Q0, N, 3)):
         i1 = min(N, i0 + block)
         covered = torch.zeros(i1 - i0, N, dtype=torch.int64)
-        for r0, r1, start, end, kind in bands._regions(i0, i1, band, hi):
+        for r0, r1, start, end, kind in bands._regions(i0, i1, band):
             rows, keys = torch.arange(r0, r1), torch.arange(start, end)
             distance = rows[:, None] - keys[None, :]
             seen = {"full": torch.ones_like(distance, dtype=torch.bool), "causal": distance >= band.near,
@@ -91,7 +89,7 @@ def test_regions_cover_each_visible_pair_once_and_mask_only_narrow_bands(shape):
             if kind == "mask":
                 assert band.far - band.near < r1 - r0, "a mask only for a band narrower than the block"
             covered[r0 - i0 : r1 - i0, start:end] += seen.long()
-        expected = _visible(band, torch.arange(i0, i1), torch.arange(N), hi).long()
+        expected = _visible(band, torch.arange(i0, i1), torch.arange(N)).long()
         assert torch.equal(covered, expected), (block, i0)
 
 

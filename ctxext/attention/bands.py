@@ -35,8 +35,14 @@ class Band:
     hi: int | None = None
     offset: int = 0  # key index of k[..., 0, :]
 
+    @property
+    def key_range(self) -> tuple[int, int]:
+        """[lo, hi): the key indexes the band uses, clipped to those its ``k`` holds."""
+        end = self.offset + self.k.shape[2]
+        return max(self.lo, self.offset), end if self.hi is None else min(self.hi, end)
 
-def _regions(i0: int, i1: int, band: Band, hi: int):
+
+def _regions(i0: int, i1: int, band: Band):
     """The kernel calls of a query block: (row start, row end, key start, key end, kind) with kind
     'full', 'causal' (row r sees keys up to r - near), 'anti' (row r sees keys from r - far) or
     'mask' (a band narrower than the block).
@@ -45,7 +51,7 @@ def _regions(i0: int, i1: int, band: Band, hi: int):
     follows the diagonal, so the rows are cut where a bound changes form, and rows that see
     no key are left out. Edges cut by the key range thus stay on unmasked kernels.
     """
-    lo = max(band.lo, band.offset)
+    lo, hi = band.key_range
     cuts = {i0, i1}
     if math.isfinite(band.far):
         cuts.add(int(lo + band.far))
@@ -80,9 +86,8 @@ def _regions(i0: int, i1: int, band: Band, hi: int):
 
 def _band_block(band: Band, i0: int, i1: int, q0: int, scale: float) -> list[tuple[int, int, Partial]]:
     """The band's partial results for the query block, each over a range of its rows."""
-    hi = band.offset + band.k.shape[2] if band.hi is None else min(band.hi, band.offset + band.k.shape[2])
     parts = []
-    for r0, r1, start, end, kind in _regions(i0, i1, band, hi):
+    for r0, r1, start, end, kind in _regions(i0, i1, band):
         q = band.q[:, :, r0 - q0 : r1 - q0]
         k = band.k[:, :, start - band.offset : end - band.offset]
         v = band.v[:, :, start - band.offset : end - band.offset]
