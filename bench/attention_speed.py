@@ -37,7 +37,7 @@ def _model(real: bool, dtype, device, layers: int):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     import ctxext
-    from ctxext.default_model import default_model_path
+    from ctxext.checkpoint.default_model import default_model_path
 
     if real:
         return ctxext.from_pretrained(default_model_path(), dtype=dtype).to(device).eval()
@@ -246,7 +246,7 @@ def sweep_plot(points: list[dict], title: str, path: Path) -> Path:
 
 def write_sweep(rows: list[dict], lengths: list[int], out: Path, setup: str) -> list[Path]:
     """OUT.png, OUT.json and OUT.md of a sweep."""
-    from ctxext.atomic import atomic_write
+    from ctxext.checkpoint.atomic import atomic_write
 
     points = sweep_points(rows, lengths)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 import ctxext
-from ctxext.checkpoint import resolve_model_path
-from ctxext.default_model import default_model_path
+from ctxext.checkpoint.default_model import default_model_path
+from ctxext.checkpoint.locations import resolve_model_path
 from ctxext.eval.passkey import run_passkey
 
 PARAMS = {"longrope": {"long_factor": 2.0}}

@@ -105,7 +105,7 @@ def apply_row(model, row: str, length: int) -> dict:
     """Extend ``model`` as ``row`` says for ``length`` tokens (for twice the native length when ``length`` is
     inside it: the short-context guard); returns the method, parameters and target length applied."""
     from ctxext import extend, is_extended, restore
-    from ctxext.rope_config import read_rope_setup, text_config
+    from ctxext.core.rope_setup import read_rope_setup, text_config
 
     if is_extended(model):
         restore(model)
@@ -122,12 +122,12 @@ def run(args) -> None:
     import torch
     from tqdm import tqdm
 
-    from ctxext.checkpoint import resolve_model_path
-    from ctxext.eval.checks import load_tokenizer, load_weights
+    from ctxext.checkpoint.locations import resolve_model_path
     from ctxext.eval.constants import DEFAULT_DEPTHS
     from ctxext.eval.generation import greedy_generate
     from ctxext.eval.scoring import score
     from ctxext.eval.tasks import make_sample
+    from ctxext.model.loading import load_tokenizer, load_weights
 
     cells = parse_queue(Path(args.queue).read_text())
     out = Path(args.out)

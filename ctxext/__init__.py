@@ -8,44 +8,45 @@
     ctxext.patch_gguf("model.gguf", "out_dir", "yarn", factor=4)  # a new safetensors directory
     ctxext.probe("path/to/model").effective_length              # effective retrieval length
     ctxext.tune("path/to/model", 16384).winner                  # best method for a target length
+
+Every public name is imported on first use (PEP 562), so that ``import ctxext`` and the command line's
+``--help`` stay fast: torch and transformers load with the first name that needs them.
 """
 
-from . import methods  # noqa: F401  (registers the methods)
-from .api import extend, from_pretrained, is_extended, reapply, restore
-from .config import ExtensionRecord
+from __future__ import annotations
+
+import importlib
+
 from .errors import CtxextError
-from .patching import patch, patch_directory, patch_gguf, unpatch_directory
-from .registry import get_method, list_methods
 from .version import __version__
 
-__all__ = [
-    "CtxextError",
-    "ExtensionRecord",
-    "extend",
-    "from_pretrained",
-    "get_method",
-    "is_extended",
-    "list_methods",
-    "patch",
-    "patch_directory",
-    "patch_gguf",
-    "probe",
-    "reapply",
-    "restore",
-    "tune",
-    "unpatch_directory",
-    "__version__",
-]
+_PUBLIC = {  # name -> the module that defines it
+    "ExtensionRecord": "ctxext.core.record",
+    "get_method": "ctxext.core.registry",
+    "list_methods": "ctxext.core.registry",
+    "extend": "ctxext.model.extend",
+    "is_extended": "ctxext.model.extend",
+    "reapply": "ctxext.model.extend",
+    "restore": "ctxext.model.extend",
+    "from_pretrained": "ctxext.model.loading",
+    "patch": "ctxext.checkpoint.patch",
+    "patch_gguf": "ctxext.checkpoint.patch",
+    "patch_directory": "ctxext.checkpoint.directory",
+    "unpatch_directory": "ctxext.checkpoint.directory",
+    "probe": "ctxext.eval.probe",
+    "tune": "ctxext.eval.tune",
+}
+
+__all__ = ["CtxextError", "__version__", *sorted(_PUBLIC)]
 
 
 def __getattr__(name: str):
-    """``ctxext.probe`` and ``ctxext.tune`` (from ``ctxext.eval``), imported on first use: the evaluation loads only when used."""
-    if name == "probe":
-        from .eval.probe import probe
-
-        return probe
-    if name == "tune":
-        from .eval.tune import tune
-
-        return tune
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'ctxext' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write
+from .checkpoint.atomic import atomic_write
 from .errors import CtxextError
 
 AUTO = "auto"

@@ -7,3 +7,10 @@ be accepted instead; the CLI prints it as ``ctxext: error: <message>``.
 
 class CtxextError(ValueError):
     """Bad input to ctxext: unknown method, bad factor, unsupported model, bad path, ..."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for a one-line error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -85,7 +85,7 @@ def _method_kind(record: dict[str, Any] | None) -> str:
     if not record:
         return "none"
     from . import methods  # noqa: F401  (registers the methods)
-    from .registry import AttentionMethod, get_method
+    from .core.registry import AttentionMethod, get_method
 
     try:
         method = get_method(record["method"])

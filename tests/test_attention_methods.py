@@ -9,19 +9,18 @@ the blockwise kernels runs; plus identity, padding, KV cache and save/reload, an
 
 from __future__ import annotations
 
+import attention_reference
 import pytest
 import torch
+from conftest import NATIVE, logits, make_model, tokens
+from method_cases import ATTENTION_METHODS, CASES
 
 import ctxext
-from ctxext.attention import bands, topk
-from ctxext.attention.runtime import RUNTIME_ATTRIBUTE
 from ctxext.errors import CtxextError
 from ctxext.methods import ms_poe
 from ctxext.methods.ms_poe import RANKINGS, RATIO_LADDERS
-
-import attention_reference
-from conftest import NATIVE, logits, make_model, tokens
-from method_cases import ATTENTION_METHODS, CASES
+from ctxext.model.attention import bands, topk
+from ctxext.model.attention.runtime import RUNTIME_ATTRIBUTE
 
 
 def extended(family: str, method: str, params: dict | None = None, dtype=torch.float32):
@@ -313,9 +312,8 @@ def test_ms_poe_refuses_unknown_choices_in_one_line(params, message):
 
 def _yarn_checkpoint(factor: float = 2.0):
     """A tiny Llama whose own config ships YaRN scaling (like a Qwen or Llama-3 checkpoint would)."""
-    from transformers import AutoModelForCausalLM
-
     from conftest import FAMILIES
+    from transformers import AutoModelForCausalLM
 
     config = FAMILIES["llama"]()
     config.rope_parameters = {"rope_type": "yarn", "factor": factor, "rope_theta": 10000.0,

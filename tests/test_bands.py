@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from ctxext.attention import bands
-from ctxext.attention.bands import Band, band_attention
+from ctxext.model.attention import bands
+from ctxext.model.attention.bands import Band, band_attention
 
 N = 40  # keys; queries are the last N - Q0 of them
 Q0 = 5

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NATIVE, make_model
+from test_serving import EXPECTED, FACTOR, patch_every_method
 
 import ctxext
 from ctxext.serving import engine_view
-
-from conftest import NATIVE, make_model
-from test_serving import EXPECTED, FACTOR, patch_every_method
 
 pytestmark = pytest.mark.engines
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +117,7 @@ GGUF_CASES = {  # method, options -> what llama.cpp's load log must say
 @pytest.fixture(scope="module")
 def llama_cpp_reading(tmp_path_factory):
     """case -> (PatchResult, what llama.cpp read), for the SmolLM2 GGUF unpatched and patched."""
-    from ctxext.default_model import default_model_path
+    from ctxext.checkpoint.default_model import default_model_path
 
     try:
         source = Path(default_model_path())

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import make_model, tokens
+
 from ctxext.eval.generation import greedy_generate
 
 

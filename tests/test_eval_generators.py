@@ -8,8 +8,8 @@ import re
 from collections import Counter
 
 import pytest
-
 from conftest import byte_tokenizer
+
 from ctxext.eval import passkey, ruler
 from ctxext.eval.haystack import NOISE
 from ctxext.eval.samples import count_tokens

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import make_model
+
 from ctxext.errors import CtxextError
 from ctxext.eval import perplexity
 from ctxext.eval.summary import _ppl

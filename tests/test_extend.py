@@ -32,7 +32,7 @@ def test_factor_one_is_identity(method, family, monkeypatch):
     ids = tokens(NATIVE if method in DYNAMIC else 2 * NATIVE)  # dynamic methods scale beyond L whatever the factor
     before = logits(model, ids)
     # The public API refuses factor 1; force it through the whole pipeline to prove the no-op.
-    monkeypatch.setattr("ctxext.plan.resolve_lengths", lambda native, *a: (1.0, native, native))
+    monkeypatch.setattr("ctxext.core.plan.resolve_lengths", lambda native, *a: (1.0, native, native))
     ctxext.extend(model, method, factor=2, **CASES[method].identity_params)
     if CASES[method].blends_frequencies:  # inv*(1-r) + inv*r rounds to within one fp32 ulp of inv
         torch.testing.assert_close(logits(model, ids), before, rtol=1e-5, atol=1e-5)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ctxext
-from ctxext import gguf_export
+from ctxext.checkpoint.gguf import writer as gguf_writer
 from ctxext.cli import main
 
 gguf = pytest.importorskip("gguf")
@@ -216,13 +216,13 @@ def test_a_gguf_with_native_scaling_or_a_ctxext_patch_needs_replace(tmp_path):
 
 
 def test_a_failure_while_writing_leaves_no_file(tiny_gguf, tmp_path, monkeypatch):
-    real_write = gguf_export._write
+    real_write = gguf_writer._write
 
     def interrupted(layout, patch, out):
         real_write(layout, patch, out)  # the whole file, then Ctrl-C before it is renamed into place
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gguf_export, "_write", interrupted)
+    monkeypatch.setattr(gguf_writer, "_write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ctxext.patch(tiny_gguf, "yarn", output=tmp_path / "out.gguf", factor=2)
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.gguf"]
@@ -231,21 +231,21 @@ def test_a_failure_while_writing_leaves_no_file(tiny_gguf, tmp_path, monkeypatch
         out.write(b"GGUF half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(gguf_export, "_write", broken)
+    monkeypatch.setattr(gguf_writer, "_write", broken)
     with pytest.raises(OSError):
         ctxext.patch(tiny_gguf, "yarn", output=tmp_path / "out.gguf", factor=2)
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.gguf"]
 
 
 def test_the_output_is_never_overwritten_if_it_appears_while_writing(tiny_gguf, tmp_path, monkeypatch):
-    real_write = gguf_export._write
+    real_write = gguf_writer._write
     out = tmp_path / "out.gguf"
 
     def racing(layout, patch, handle):
         real_write(layout, patch, handle)
         out.write_bytes(b"someone else's")
 
-    monkeypatch.setattr(gguf_export, "_write", racing)
+    monkeypatch.setattr(gguf_writer, "_write", racing)
     with pytest.raises(ctxext.CtxextError, match="appeared while it was being written"):
         ctxext.patch(tiny_gguf, "yarn", output=out, factor=2)
     assert out.read_bytes() == b"someone else's"
@@ -350,7 +350,7 @@ def test_cli_patch_to_gguf_prints_the_llama_server_command(tiny_gguf, tmp_path, 
 
 @pytest.mark.real
 def test_smollm2_yarn_x2_to_gguf_keeps_every_tensor_and_transformers_reads_16k(tmp_path):
-    from ctxext.default_model import default_model_path
+    from ctxext.checkpoint.default_model import default_model_path
 
     try:
         source = default_model_path()
@@ -380,7 +380,7 @@ def test_from_pretrained_reapplies_the_extension_of_a_patched_gguf(tmp_path):
     """transformers reads a GGUF's context length and rope base but not its scaling: the record fills it in."""
     import torch
 
-    from ctxext.default_model import default_model_path
+    from ctxext.checkpoint.default_model import default_model_path
 
     try:
         default_model_path()

@@ -34,7 +34,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 
 DRIVER = r"""
 import json, os, runpy, sys, time
-import ctxext.cli, ctxext.eval.cli_args, ctxext.eval.runner, ctxext.eval.report, ctxext.recipes.train  # once
+import ctxext.cli, ctxext.cli.eval, ctxext.eval.runner, ctxext.eval.report, ctxext.recipes.train  # once
 import transformers
 from transformers import AutoConfig, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast  # noqa: F401
 
@@ -592,7 +592,7 @@ def test_an_empty_out_directory_is_used(cli, ws):
 def test_an_interrupted_report_leaves_the_previous_files_whole(run_ws, monkeypatch, capsys):
     """Ctrl-C while report.json is replaced: the previous report.json stays whole, no temporary file is left; a
     report written afresh goes through atomic_write file by file (report.md, report.json, the pictures)."""
-    import ctxext.atomic
+    import ctxext.checkpoint.atomic
     from ctxext.cli import main
 
     torch.set_num_threads(1)
@@ -609,13 +609,13 @@ def test_an_interrupted_report_leaves_the_previous_files_whole(run_ws, monkeypat
             raise KeyboardInterrupt
         return real_replace(source, target)
 
-    monkeypatch.setattr(ctxext.atomic.os, "replace", replace)
+    monkeypatch.setattr(ctxext.checkpoint.atomic.os, "replace", replace)
     assert main(RUN_ARGS[:]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert {p.name for p in run.iterdir()} == set(previous)  # no temporary file left
     assert (run / "report.json").read_bytes() == previous["report.json"]
     assert set(written) >= {"heatmap_passkey.png", "perplexity.png", "report.md", "report.json"}
-    monkeypatch.setattr(ctxext.atomic.os, "replace", real_replace)
+    monkeypatch.setattr(ctxext.checkpoint.atomic.os, "replace", real_replace)
     assert main(RUN_ARGS[:]) == 0
     assert json.loads((run / "report.json").read_text())["records"]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from ctxext.atomic import STAGING_MARK
-from ctxext.checkpoint import BACKUP
+from ctxext.checkpoint.atomic import STAGING_MARK
+from ctxext.checkpoint.config_json import BACKUP
 from ctxext.cli import main
 
 

@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, LlamaConfig
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 import ctxext
 from ctxext.methods.dynamic_yarn import compute_dynamic_yarn_parameters
 from ctxext.methods.ntk import ntk_theta
 from ctxext.methods.yarn import yarn_inv_freq
-from transformers import AutoModelForCausalLM
 
 L = 256
 THETA = 10000.0

@@ -12,8 +12,8 @@ import pytest
 from transformers import AutoConfig
 
 import ctxext
-from ctxext.atomic import STAGING_MARK, atomic_write, staged
-from ctxext.checkpoint import BACKUP
+from ctxext.checkpoint.atomic import STAGING_MARK, atomic_write, staged
+from ctxext.checkpoint.config_json import BACKUP
 
 
 def modes(directory: Path) -> dict[str, tuple[bytes, int]]:
@@ -103,7 +103,7 @@ def _interrupt_right_after(function):
 
 
 def test_a_ctrl_c_right_after_a_temporary_is_created_leaves_nothing(tmp_path, monkeypatch):
-    from ctxext import atomic
+    from ctxext.checkpoint import atomic
 
     monkeypatch.setattr(atomic.os, "mkdir", _interrupt_right_after(os.mkdir))
     with pytest.raises(KeyboardInterrupt):
@@ -166,7 +166,7 @@ def _umask() -> int:
 
 
 def test_a_second_writer_on_the_same_directory_is_refused(tiny_dir):
-    from ctxext.atomic import exclusive
+    from ctxext.checkpoint.atomic import exclusive
 
     before = modes(tiny_dir)
     with exclusive(tiny_dir):

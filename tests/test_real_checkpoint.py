@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 import ctxext
-from ctxext.default_model import default_model_path
+from ctxext.checkpoint.default_model import default_model_path
 from ctxext.eval.passkey import run_passkey
 
 pytestmark = pytest.mark.real

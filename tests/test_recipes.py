@@ -8,9 +8,9 @@ from conftest import FAMILIES, byte_tokenizer, make_model, tokens
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from ctxext.errors import CtxextError
-from ctxext.hf_compat import cache_keyword, returned_cache
 from ctxext.eval.perplexity import perplexity as eval_perplexity
 from ctxext.eval.perplexity import text_ids
+from ctxext.model.compat import cache_keyword, returned_cache
 from ctxext.recipes import list_recipes, load_recipe, perplexity, pose_position_ids
 from ctxext.recipes.data import read_texts
 

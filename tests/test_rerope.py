@@ -6,15 +6,14 @@ defaults and its cache layout (keys cached un-rotated, or at j / k when leaky).
 
 from __future__ import annotations
 
+import attention_reference
 import pytest
 import torch
+from conftest import NATIVE, logits, make_model, tokens
 
 import ctxext
-from ctxext.attention import bands
-from ctxext.hf_compat import returned_cache
-
-import attention_reference
-from conftest import NATIVE, logits, make_model, tokens
+from ctxext.model.attention import bands
+from ctxext.model.compat import returned_cache
 
 PLAIN = dict(window=12)
 

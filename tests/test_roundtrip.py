@@ -11,7 +11,7 @@ from conftest import NATIVE, logits, make_model, tokens
 from method_cases import CASES, ROPE_METHODS
 
 import ctxext
-from ctxext.registry import get_method
+from ctxext.core.registry import get_method
 
 STOCK_LOAD = """
 import sys, torch

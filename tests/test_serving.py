@@ -13,12 +13,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import NATIVE, logits, make_model, tokens
 from transformers import AutoModelForCausalLM
 
 import ctxext
 from ctxext.serving import ENGINES, engine_view, serve_commands
-
-from conftest import NATIVE, logits, make_model, tokens
 
 FACTOR = 4
 TARGET = NATIVE * FACTOR

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import NATIVE, logits, make_model, tokens
+from test_attention_methods import _yarn_checkpoint, block, extended, reference  # noqa: F401  (block: fixture)
 
 import ctxext
 from ctxext.errors import CtxextError
-
-from conftest import NATIVE, logits, make_model, tokens
-from test_attention_methods import _yarn_checkpoint, block, extended, reference  # noqa: F401  (block: fixture)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])

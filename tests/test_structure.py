@@ -74,34 +74,62 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_of_the_package_is_acyclic():
     graph = import_graph()
-    assert {"ctxext", "ctxext.api", "ctxext.methods.dca", "ctxext.eval.runner"} <= set(graph)
-    assert "ctxext.registry" in graph["ctxext.methods.dca"]  # the graph sees relative imports
+    assert {"ctxext", "ctxext.model.extend", "ctxext.methods.dca", "ctxext.eval.runner"} <= set(graph)
+    assert "ctxext.core.registry" in graph["ctxext.methods.dca"]  # the graph sees relative imports
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_the_cycle_finder_finds_a_cycle():
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b"}, "b": set()}) is None
+# The layers, lowest first: a module imports only from its own layer or the ones below it.
+LAYERS = (
+    ("ctxext.errors", "ctxext.version", "ctxext.core"),
+    ("ctxext.model", "ctxext.methods", "ctxext.checkpoint", "ctxext.auto", "ctxext.serving"),
+    ("ctxext.eval", "ctxext.recipes"),
+    ("ctxext.cli",),
+)
+
+
+def layer_of(module: str) -> int | None:
+    """The layer of a module (None for the package's own ``__init__``, the facade above every layer)."""
+    for level, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return level
+    return None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, targets in sorted(graph.items()):
+        level = layer_of(module)
+        for target in sorted(targets):
+            target_level = layer_of(target)
+            if level is not None and (target_level is None or target_level > level):
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def test_imports_only_go_down_the_layers():
+    graph = import_graph()
+    assert all(layer_of(m) is not None for m in graph if m != "ctxext"), "a module outside every layer"
+    assert upward_imports(graph) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert upward_imports({"ctxext.core.plan": {"ctxext.eval.runner"}, "ctxext.cli.eval": {"ctxext.core.plan"}}) == [
+        "ctxext.core.plan -> ctxext.eval.runner"]
+    assert upward_imports({"ctxext.model.extend": {"ctxext"}}) == ["ctxext.model.extend -> ctxext"]
+
+
+def test_help_needs_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys; from ctxext.cli import build_parser; build_parser(only=''); " \
+           "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_every_module_says_what_it_is_for():
     missing = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if not ast.get_docstring(ast.parse(p.read_text()))]
     assert not missing, f"modules without a docstring: {missing}"
-
-
-def test_the_old_patches_package_is_a_deprecated_alias_of_methods():
-    import importlib
-    import sys
-
-    for name in [m for m in sys.modules if m == "ctxext.patches" or m.startswith("ctxext.patches.")]:
-        del sys.modules[name]
-    with pytest.warns(DeprecationWarning, match="ctxext.methods"):
-        patches = importlib.import_module("ctxext.patches")
-    from ctxext.patches.ntk import ntk_theta
-    from ctxext.patches.string_shift import StringConfig
-
-    from ctxext.methods import ntk, string
-
-    assert ntk_theta is ntk.ntk_theta and StringConfig is string.StringConfig and patches.methods is ctxext.methods
-

@@ -7,20 +7,19 @@ import shutil
 
 import pytest
 import torch
+from conftest import assert_refused_before_loading, make_model
 from transformers import AutoModelForCausalLM
 
 import ctxext
 from ctxext import auto
 from ctxext.auto import RULE_LOADED
 from ctxext.cli import main
-from ctxext.config import ExtensionRecord
+from ctxext.core.record import ExtensionRecord
 from ctxext.errors import CtxextError
 from ctxext.eval import runner
 from ctxext.eval import tune as tune_module
 from ctxext.eval.runner import EvalConfig, check_config
 from ctxext.eval.tune import Row, rank, seeded_order, tune
-
-from conftest import assert_refused_before_loading, make_model
 
 SMALL = dict(methods=["yarn", "ntk"], short_length=300, tasks=["passkey"], depths=[0.5])  # passkey fits 300 bytes
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..hf_compat import cache_keyword, returned_cache
+from ..model.compat import cache_keyword, returned_cache
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CtxextError
-from ..rope_config import text_config
-from .checks import one_line
+from ..core.rope_setup import text_config
+from ..errors import CtxextError, one_line
 from .haystack import prose
 
 

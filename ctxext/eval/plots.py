@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..atomic import atomic_write  # noqa: E402
+from ..checkpoint.atomic import atomic_write  # noqa: E402
 from .lengths import format_length  # noqa: E402
 
 

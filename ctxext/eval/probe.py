@@ -22,14 +22,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic import atomic_write
-from ..checkpoint import ModelLocation, resolve_model_path
-from ..config import ExtensionRecord
-from ..default_model import ALIAS
+from ..checkpoint.atomic import atomic_write
+from ..checkpoint.default_model import ALIAS
+from ..checkpoint.directory import record_effective_length, recordable_config
+from ..checkpoint.info import location_record
+from ..checkpoint.locations import ModelLocation, resolve_model_path
+from ..core.record import ExtensionRecord
+from ..core.rope_setup import native_length
+from ..core.validate import check_count, check_length
 from ..errors import CtxextError
-from ..info import location_record
-from ..patching import record_effective_length, recordable_config
-from .checks import check_count, check_length, load_tokenizer, model_config, native_length
+from ..model.loading import load_tokenizer, model_config
 from .constants import BASELINE, DEFAULT_DEPTHS, THRESHOLD
 from .runner import EvalConfig, check_config, run
 from .summary import effective_length, task_average

@@ -11,7 +11,7 @@ import json
 import platform
 from pathlib import Path
 
-from ..atomic import atomic_write
+from ..checkpoint.atomic import atomic_write
 from ..version import __version__
 from . import plots, ruler
 from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL

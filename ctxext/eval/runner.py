@@ -17,28 +17,17 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..api import auto_target, extend, is_extended, restore
 from ..auto import is_auto, resolve
-from ..checkpoint import ModelLocation, resolve_model_path
-from ..config import ExtensionRecord
-from ..errors import CtxextError
-from ..patching import check_dtype
-from ..plan import planned_extension
-from ..registry import get_method
-from ..rope_config import read_rope_setup, text_config
+from ..checkpoint.locations import ModelLocation, resolve_model_path
+from ..core.plan import auto_target, planned_extension
+from ..core.record import ExtensionRecord
+from ..core.registry import get_method
+from ..core.rope_setup import native_length, read_rope_setup, text_config
+from ..core.validate import check_count, check_dtype, check_fraction, check_length, check_token_ids
+from ..errors import CtxextError, one_line
+from ..model.extend import extend, is_extended, restore
+from ..model.loading import check_device, load_tokenizer, load_weights, model_config
 from . import perplexity
-from .checks import (
-    check_count,
-    check_device,
-    check_fraction,
-    check_length,
-    check_token_ids,
-    load_tokenizer,
-    load_weights,
-    model_config,
-    native_length,
-    one_line,
-)
 from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL, THRESHOLD
 from .generation import greedy_generate
 from .lm_eval_bridge import evaluate, require_lm_eval, task_manager

@@ -19,8 +19,8 @@ import json
 import os
 from pathlib import Path
 
-from ..atomic import atomic_write
-from ..checkpoint import permitted
+from ..checkpoint.atomic import atomic_write
+from ..checkpoint.locations import permitted
 from ..errors import CtxextError
 
 RECORDS = "records.jsonl"

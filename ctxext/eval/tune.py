@@ -30,13 +30,15 @@ from typing import Callable
 from tqdm import tqdm
 
 from .. import auto
-from ..api import extend, is_extended, restore
-from ..atomic import atomic_write
+from ..checkpoint.atomic import atomic_write
+from ..core.plan import planned_extension
+from ..core.registry import get_method
+from ..core.rope_setup import native_length
+from ..core.validate import check_count, check_fraction, check_length
 from ..errors import CtxextError
-from ..registry import get_method
+from ..model.extend import extend, is_extended, restore
+from ..model.loading import load_tokenizer
 from . import perplexity
-from ..plan import planned_extension
-from .checks import check_count, check_fraction, check_length, load_tokenizer, native_length
 from .constants import BASELINE
 from .runner import EvalConfig, _generation_record, _ppl_record, build_samples, check_config, load_model
 from .store import RecordStore

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import MethodConfig, param
+from ..core.params import MethodConfig, param
+from ..core.registry import RopeMethod, Scaling, register
 from ..errors import CtxextError
-from ..registry import RopeMethod, Scaling, register
-from ._shared import base_parameters
 from ._dynamic import make_history_independent
+from ._shared import base_parameters
 
 
 @dataclass

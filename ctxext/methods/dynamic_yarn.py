@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from ..config import MethodConfig, param
+from ..core.params import MethodConfig, param
+from ..core.registry import RopeMethod, Scaling, register
 from ..errors import CtxextError
-from ..registry import RopeMethod, Scaling, register
-from ._shared import base_parameters
 from ._dynamic import make_history_independent
+from ._shared import base_parameters
 from .yarn import yarn_inv_freq, yarn_mscale
 
 ROPE_TYPE = "ctxext_dynamic_yarn"

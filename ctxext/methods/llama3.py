@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import MethodConfig, param
+from ..core.params import MethodConfig, param
+from ..core.registry import RopeMethod, Scaling, register
 from ..errors import CtxextError
-from ..registry import RopeMethod, Scaling, register
 from ._shared import base_parameters
 
 

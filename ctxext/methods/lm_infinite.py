@@ -29,13 +29,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention.bands import Band, band_attention
-from ..attention.kernels import rotate
-from ..attention.topk import top_k_attention
-from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
-from ..config import param
+from ..core.params import param
+from ..core.registry import AttentionMethod, register
 from ..errors import CtxextError
-from ..registry import AttentionMethod, register
+from ..model.attention.bands import Band, band_attention
+from ..model.attention.kernels import rotate
+from ..model.attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
+from ..model.attention.topk import top_k_attention
 from ._shared import whole
 
 

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention.bands import Band, band_attention
-from ..attention.kernels import rotate
-from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, RowGroup, register_implementation
-from ..config import param
+from ..core.params import param
+from ..core.registry import AttentionMethod, register
 from ..errors import CtxextError
-from ..hf_compat import cache_given
-from ..registry import AttentionMethod, register
+from ..model.attention.bands import Band, band_attention
+from ..model.attention.kernels import rotate
+from ..model.attention.runtime import AttentionConfig, AttentionRuntime, Call, RowGroup, register_implementation
+from ..model.compat import cache_given
 from ._shared import one_of, whole
 
 RANKINGS = ("pre_rope", "post_rope")

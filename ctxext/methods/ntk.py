@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import MethodConfig
-from ..registry import RopeMethod, Scaling, register
+from ..core.params import MethodConfig
+from ..core.registry import RopeMethod, Scaling, register
 from ._shared import base_parameters
 
 

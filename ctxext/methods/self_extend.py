@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention.bands import Band, band_attention
-from ..attention.kernels import apply_rotation, rotation
-from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
-from ..config import param
+from ..core.params import param
+from ..core.registry import AttentionMethod, register
 from ..errors import CtxextError
-from ..registry import AttentionMethod, register
+from ..model.attention.bands import Band, band_attention
+from ..model.attention.kernels import apply_rotation, rotation
+from ..model.attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
 from ._shared import whole
 
 

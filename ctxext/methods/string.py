@@ -23,12 +23,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..attention.bands import Band, band_attention
-from ..attention.kernels import apply_rotation, rotation
-from ..attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
-from ..config import param
+from ..core.params import param
+from ..core.registry import AttentionMethod, register
 from ..errors import CtxextError
-from ..registry import AttentionMethod, register
+from ..model.attention.bands import Band, band_attention
+from ..model.attention.kernels import apply_rotation, rotation
+from ..model.attention.runtime import AttentionConfig, AttentionRuntime, Call, register_implementation
 from ._shared import whole
 
 REFERENCE_FACTOR = 1 + 0.1 * math.log(2)  # the reference's multiplier of cos and sin

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import MethodConfig, param
+from ..core.params import MethodConfig, param
+from ..core.registry import RopeMethod, Scaling, register
 from ..errors import CtxextError
-from ..registry import RopeMethod, Scaling, register
 from ._shared import base_parameters
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 from torch import nn
 
-from ..api import reapply
-from ..atomic import atomic_write, staged
-from ..config import ExtensionRecord
+from ..checkpoint.atomic import atomic_write, staged
+from ..core.record import ExtensionRecord
+from ..core.rope_setup import text_config
 from ..errors import CtxextError
-from ..rope_config import text_config
+from ..model.extend import reapply
 from .recipe import Recipe
 
 META = "ctxext.json"
@@ -103,7 +103,7 @@ def load_finetuned(out: str | Path, base: str | Path | nn.Module | None = None, 
     """
     from peft import PeftModel
 
-    from ..api import from_pretrained
+    from ..model.loading import from_pretrained
 
     meta = read_meta(out)
     base = meta.get("base_model") if base is None else base

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import staged
+from ..checkpoint.atomic import staged
 from ..errors import CtxextError
 
 CHECKPOINTS = "checkpoints"

@@ -19,21 +19,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..api import extend
-from ..checkpoint import ensure_new_output, resolve_model_path
-from ..config import ExtensionRecord
-from ..default_model import ALIAS
+from ..checkpoint.default_model import ALIAS
+from ..checkpoint.locations import ensure_new_output, resolve_model_path
+from ..core.plan import planned_extension
+from ..core.record import ExtensionRecord
+from ..core.validate import check_count, check_token_ids
 from ..errors import CtxextError
-from ..plan import planned_extension
-from ..eval.checks import (
-    check_count,
-    check_device,
-    check_token_ids,
-    load_tokenizer,
-    load_weights,
-    model_config,
-)
 from ..eval.perplexity import perplexity
+from ..model.extend import extend
+from ..model.loading import check_device, load_tokenizer, load_weights, model_config
 from .adapter import save_adapter, save_merged, wrap_with_lora, write_meta
 from .data import WindowSampler, check_token_tensor, read_texts, token_ids
 from .recipe import Recipe, load_recipe

@@ -7,15 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import ModelLocation, resolve_model_path
-from .config import ExtensionRecord
-from .rope_config import read_rope_setup, text_config
+from ..core.record import ExtensionRecord
+from ..core.rope_setup import read_rope_setup, text_config
+from .locations import ModelLocation, resolve_model_path
 
 
 def location_record(location: ModelLocation, config: Any) -> ExtensionRecord | None:
     """The ctxext record of a checkpoint: its config's (a directory) or its metadata's (a GGUF file)."""
     if location.gguf_file is not None:
-        from .gguf_export import gguf_record
+        from .gguf.mapping import gguf_record
 
         return gguf_record(location.directory / location.gguf_file)
     return ExtensionRecord.of(config)

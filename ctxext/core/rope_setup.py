@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import CtxextError
+from ..errors import CtxextError
 
 # Layer types extended by default when a config has per-layer-type rope parameters: the
 # sliding-window layers never see distances beyond their window, so only global layers need it.
@@ -80,3 +80,8 @@ def read_rope_setup(config: Any) -> RopeSetup:
         native_length=int(config.max_position_embeddings),
         parameters=parameters,
     )
+
+
+def native_length(config: Any) -> int:
+    """The model's native context length; refuses models without rotary embeddings."""
+    return read_rope_setup(text_config(config)).native_length

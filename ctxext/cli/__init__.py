@@ -1,0 +1,77 @@
+"""The ``ctxext`` command line: one module per subcommand, each parsing its flags, making one library call, printing.
+
+Every bad input ends with one ``ctxext: error: ...`` line and exit status 2, files untouched; Ctrl-C or SIGTERM
+end with one line and exit status 130. Only the chosen subcommand's flags are built (a method-parameter flag
+needs the method registry, which loads torch), so ``ctxext --help`` answers without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+import typing
+
+from ..errors import CtxextError
+from ..version import __version__
+
+# subcommand -> its module in this package; the order is the order of ``ctxext --help``
+COMMANDS = ("patch", "unpatch", "methods", "info", "passkey", "probe", "eval", "tune", "finetune")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other ctxext error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"ctxext: error: {message} (see '{self.prog} --help')\n")
+
+
+def _module(command: str):
+    return importlib.import_module(f"{__name__}.{command}")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, every other subcommand is listed with its help but gets no flags."""
+    parser = _Parser(prog="ctxext", description="Extend the context window of RoPE language models.")
+    parser.add_argument("--version", action="version", version=f"ctxext {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        module = _module(command)
+        p = commands.add_parser(command, help=module.HELP, description=module.HELP)
+        if only is None or only == command:
+            module.add_arguments(p)
+    return parser
+
+
+def _chosen(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is one), if any."""
+    return next((word for word in argv if word in COMMANDS), None)
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt  # so that SIGTERM cleans up staged writes like Ctrl-C does
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # config warnings would bury our one-line errors
+    if "transformers" in sys.modules:  # already imported (by the caller): the variable is read only at import
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(only=_chosen(argv) or "").parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _module(args.command).run(args)
+    except CtxextError as exc:
+        print(f"ctxext: error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"ctxext: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("ctxext: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 2

@@ -1,0 +1,117 @@
+"""Loading models and tokenizers: ``from_pretrained`` (a patched checkpoint re-extended as it loads),
+the weights and tokenizer of any model location, and its config without the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..checkpoint.locations import ModelLocation, resolve_model_path
+from ..core.plan import apply_fields, take_off_record
+from ..core.rope_setup import text_config
+from ..errors import CtxextError, one_line
+from .extend import reapply
+from .rotary import find_rotary_modules, rebuild
+
+logger = logging.getLogger(__name__)
+
+
+def from_pretrained(path: str | Path, **kwargs: Any) -> nn.Module:
+    """Load a causal LM (HF directory or GGUF file) with its ctxext patch re-applied.
+
+    ``kwargs`` go to ``AutoModelForCausalLM.from_pretrained`` (``dtype``, ``device_map``, ...).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..checkpoint.locations import resolve_model_path
+
+    location = resolve_model_path(path)
+    if location.gguf_file is not None:
+        from ..checkpoint.gguf.mapping import gguf_record
+
+        model = AutoModelForCausalLM.from_pretrained(location.directory, gguf_file=location.gguf_file, **kwargs)
+        record = gguf_record(location.directory / location.gguf_file)
+        if record is not None:  # transformers reads the patched context length and base, not the scaling
+            apply_fields(text_config(model.config), record.replaced)
+            for parent, name, module in find_rotary_modules(model):
+                setattr(parent, name, rebuild(module))
+            reapply(model, record)
+        return model
+    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(location.directory)
+    saved_rope_parameters = text_config(config).rope_parameters
+    record = take_off_record(config)
+    if record is None:
+        return AutoModelForCausalLM.from_pretrained(location.directory, config=config, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(location.directory, config=config, **kwargs)
+    reapply(model, record)
+    if text_config(model.config).rope_parameters != saved_rope_parameters:
+        logger.warning(
+            "config.json's rope parameters differ from what this ctxext computes for %s; using ctxext's",
+            record.method,
+        )
+    return model
+
+
+def location_label(location: ModelLocation) -> str:
+    """The path a message names for a model location: the .gguf file, or the directory."""
+    return str(location.directory / location.gguf_file) if location.gguf_file else str(location.directory)
+
+
+def model_config(location: ModelLocation) -> Any:
+    """The model's config, read without its weights (config.json, or a GGUF file's header)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(location.directory, gguf_file=location.gguf_file)
+    except CtxextError:
+        raise
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for bad files
+        raise CtxextError(f"{location_label(location)}: cannot read the model's config ({one_line(exc)})") from None
+
+
+def load_tokenizer(location: ModelLocation):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(location.directory, gguf_file=location.gguf_file)
+    except CtxextError:
+        raise
+    except Exception as exc:
+        raise CtxextError(f"{location_label(location)}: cannot load its tokenizer ({one_line(exc)})") from None
+
+
+def load_weights(path, **kwargs: Any):
+    """``ctxext.from_pretrained(path, **kwargs)`` with a one-line error for unreadable weights."""
+    try:
+        return from_pretrained(path, **kwargs)
+    except CtxextError:
+        raise
+    except Exception as exc:
+        raise CtxextError(f"{location_label(resolve_model_path(path))}: cannot load the model ({one_line(exc)})") from None
+
+
+def check_device(device) -> Any:
+    """``device`` as a ``torch.device`` that exists on this machine; a one-line error otherwise."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise CtxextError(f"--device {device!r}: not a torch device (expected cpu, cuda, cuda:1, mps, ...)") from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type == "meta":
+        raise CtxextError("--device meta holds no data; a model cannot run there")
+    backend = getattr(torch, parsed.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise CtxextError(f"--device {device}: no {parsed.type} device is available on this machine")
+    count = getattr(backend, "device_count", None)
+    if parsed.index is not None and count is not None and parsed.index >= count():
+        raise CtxextError(f"--device {device}: this machine has {count()} {parsed.type} device(s), "
+                          f"numbered from 0")
+    return parsed
