@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoint.atomic import atomic_write
+from .checkpoint.atomic import write_json
 from .errors import CtxextError
 
 AUTO = "auto"
@@ -83,7 +83,7 @@ def write_cached(model: str | Path, directory: str | Path, target_length: int, d
     path = cache_path(model, directory, target_length)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
+        write_json(path, data, indent=1)
     except OSError as exc:
         raise CtxextError(f"{path.parent}: cannot write the tune cache there ({exc.strerror or exc}); "
                           "set CTXEXT_CACHE to a writable folder") from None
@@ -91,10 +91,15 @@ def write_cached(model: str | Path, directory: str | Path, target_length: int, d
 
 
 def resolve(model: str | Path | None, directory: str | Path | None, target_length: int, *,
-            config_only: bool = False, own_temperature: bool = False) -> tuple[str, dict, dict]:
-    """(method, params, note) for ``auto``: the cached tune winner, else the rule. ``note`` is what the
-    patch record keeps: {"chose": method, "params": ..., "reason": ...}. ``own_temperature``: the
-    model's rope already scales the logits (a YaRN checkpoint), so the rule leaves log-n scaling off."""
+            config_only: bool = False, own_temperature: bool = False, params: dict | None = None,
+            ) -> tuple[str, dict, dict]:
+    """(method, params, note) for ``auto``: the cached tune winner, else the rule. Every entry point
+    (``extend``, ``patch``, ``eval``) resolves ``auto`` here. ``note`` is what the patch record keeps:
+    {"chose": method, "params": ..., "reason": ...}. ``own_temperature``: the model's rope already
+    scales the logits (a YaRN checkpoint), so the rule leaves log-n scaling off. ``params``: method
+    parameters the caller was given, refused (``auto`` chooses its own)."""
+    if params:
+        raise CtxextError(f"method 'auto' chooses its parameters; give a method to set {', '.join(sorted(params))}")
     if model is not None and directory is not None:
         cached = read_cached(model, directory, target_length)
         if cached is not None:

@@ -9,7 +9,7 @@ import torch
 from matplotlib.image import imread
 
 from ctxext.cli import main
-from ctxext.eval import runner
+from ctxext.eval.backend import TransformersBackend
 from ctxext.eval.store import RECORDS
 
 ARGS = ["--methods", "yarn,ntk", "--factor", "2", "--tasks", "passkey,vt,ppl", "--lengths", "1k,1.5k",
@@ -72,8 +72,9 @@ def test_rerun_redoes_nothing_and_an_interrupted_run_resumes(report_dir, tiny_ev
     # keep the first 7 records and half a line, as a kill during a write would leave
     (report_dir / RECORDS).write_text("\n".join(before[:7]) + "\n" + before[7][:20])
     calls = []
-    real = runner._generation_record
-    monkeypatch.setattr(runner, "_generation_record", lambda *a: calls.append(a[2].task) or real(*a))
+    real = TransformersBackend.generate
+    monkeypatch.setattr(TransformersBackend, "generate", lambda self, sample: calls.append(sample.task)
+                        or real(self, sample))
     assert main(["eval", str(tiny_eval_dir), *ARGS, "--out", str(report_dir)]) == 0
     after = _lines(report_dir)
     assert after[:7] == before[:7] and len(after) == UNITS

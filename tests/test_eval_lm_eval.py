@@ -149,3 +149,24 @@ def test_missing_lm_eval_is_a_clear_error(monkeypatch, tiny_eval_dir, tmp_path, 
     assert main(["eval", str(tiny_eval_dir), "--lengths", "512", "--samples", "1", "--lm-eval-tasks", "ctxext_passkey",
                  "--out", str(tmp_path / "out")]) == 2
     assert "needs lm-eval: pip install 'ctxext[eval]'" in capsys.readouterr().err
+
+
+def _yaml_budget(path) -> tuple[str, int]:
+    """(our task, max_gen_toks) of a shipped lm-eval YAML, read as text (its !function tags need lm-eval)."""
+    import re
+
+    text = path.read_text()
+    task = re.search(r"dataset_kwargs:\n\s+task: (\S+)", text).group(1)
+    return task, int(re.search(r"max_gen_toks: (\d+)", text).group(1))
+
+
+def test_the_lm_eval_yamls_generation_budgets_are_the_task_registrys():
+    from pathlib import Path
+
+    from ctxext.eval.lm_eval_bridge import include_path
+    from ctxext.eval.tasks import TASKS
+
+    yamls = [p for p in Path(include_path()).glob("ctxext_*.yaml") if "dataset_kwargs:" in p.read_text()]
+    budgets = dict(_yaml_budget(p) for p in yamls)
+    assert set(budgets) == {name for name, task in TASKS.items() if task.generates}
+    assert budgets == {name: TASKS[name].max_new_tokens for name in budgets}

@@ -15,6 +15,7 @@ from matplotlib.image import imread
 import ctxext
 from ctxext.checkpoint.info import describe
 from ctxext.cli import main
+from ctxext.eval.backend import TransformersBackend
 from ctxext.core.record import ExtensionRecord
 from ctxext.errors import CtxextError
 from ctxext.eval import runner
@@ -98,8 +99,9 @@ def test_probe_on_a_tiny_model_end_to_end_then_resumes(tiny_eval_dir, tmp_path, 
     assert len(before) == len(TASKS) * len(LENGTHS) * 2
 
     calls = []
-    real = runner._generation_record
-    monkeypatch.setattr(runner, "_generation_record", lambda *a: calls.append((a[2].task, a[2].length)) or real(*a))
+    real = TransformersBackend.generate
+    monkeypatch.setattr(TransformersBackend, "generate", lambda self, sample: calls.append((sample.task, sample.length))
+                        or real(self, sample))
     again = ctxext.probe(tiny_eval_dir, out=out, lengths=LENGTHS, samples=1, depths=[0, 1])
     assert calls == [] and again.effective_length is None  # everything was in the records
     more = probe(tiny_eval_dir, out=out, lengths=[*LENGTHS, 650], samples=1, depths=[0, 1], tasks=["passkey"])
@@ -109,13 +111,10 @@ def test_probe_on_a_tiny_model_end_to_end_then_resumes(tiny_eval_dir, tmp_path, 
 
 def _oracle(longest_right: int, seen: list):
     """A stand-in for generation: right up to ``longest_right`` tokens, wrong beyond; notes the model's record."""
-    def generation_record(model, tokenizer, sample, method):
-        seen.append(ExtensionRecord.of(model.config))
-        value = 100.0 if sample.length <= longest_right else 0.0
-        return {"method": method, "task": sample.task, "length": sample.length, "sample": sample.index,
-                "depth": sample.depth, "n_tokens": sample.n_tokens, "expected": sample.references, "generated": "",
-                "metric": sample.metric, "score": value, "correct": value == 100.0, "seconds": 0.0}
-    return generation_record
+    def generate(backend, sample):
+        seen.append(ExtensionRecord.of(backend.model.config))
+        return (" ".join(sample.references) if sample.length <= longest_right else ""), sample.n_tokens
+    return generate
 
 
 def test_record_stores_e_in_a_patched_directory_and_info_shows_it(tiny_eval_dir, tmp_path, monkeypatch, capsys):
@@ -124,7 +123,7 @@ def test_record_stores_e_in_a_patched_directory_and_info_shows_it(tiny_eval_dir,
     original = (model / "config.json").read_bytes()
     ctxext.patch_directory(model, "yarn", factor=16)  # context 1024: the ladder 128 .. 1024
     seen: list = []
-    monkeypatch.setattr(runner, "_generation_record", _oracle(768, seen))
+    monkeypatch.setattr(TransformersBackend, "generate", _oracle(768, seen))
     result = probe(model, out=tmp_path / "probe", depths=[0.5], samples=1, record=True)
     assert result.lengths == [512, 768, 1024]  # 128 and 256 are too short for the prompts
     assert result.effective_length == 768 and result.first_failing() == 1024

@@ -11,12 +11,12 @@ from conftest import assert_refused_before_loading, make_model
 from transformers import AutoModelForCausalLM
 
 import ctxext
+from ctxext.eval.backend import TransformersBackend
 from ctxext import auto
 from ctxext.auto import RULE_LOADED
 from ctxext.cli import main
 from ctxext.core.record import ExtensionRecord
 from ctxext.errors import CtxextError
-from ctxext.eval import runner
 from ctxext.eval import tune as tune_module
 from ctxext.eval.runner import EvalConfig, check_config
 from ctxext.eval.tune import Row, rank, seeded_order, tune
@@ -99,7 +99,7 @@ def test_tune_end_to_end_on_a_tiny_model_then_the_cache_answers(tiny_eval_dir, t
     def fail(*args, **kwargs):
         pytest.fail("the cached result was measured again")
 
-    monkeypatch.setattr(runner, "greedy_generate", fail)
+    monkeypatch.setattr(TransformersBackend, "generate", fail)
     monkeypatch.setattr(tune_module, "load_model", fail)
     again = tune(tiny_eval_dir, 400, out=tmp_path / "elsewhere", **SMALL)
     assert again.cached and again.winner == result.winner and "(cached)" in again.lines()[0]

@@ -19,13 +19,14 @@ mode of a temporary file.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import CtxextError
 
@@ -154,3 +155,13 @@ def new_file(output: Path) -> Iterator[BinaryIO]:
             os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def json_bytes(data: Any, *, indent: int = 2, sort_keys: bool = False, default: Any = None) -> bytes:
+    """``data`` as the JSON files ctxext writes: indented, UTF-8, one trailing newline."""
+    return (json.dumps(data, indent=indent, sort_keys=sort_keys, default=default) + "\n").encode("utf-8")
+
+
+def write_json(path: Path, data: Any, **options: Any) -> None:
+    """Write ``data`` as JSON (``json_bytes``'s ``options``) atomically to ``path``."""
+    atomic_write(Path(path), json_bytes(data, **options))

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core.record import ExtensionRecord
 from ..errors import CtxextError
-from .atomic import atomic_write
+from .atomic import atomic_write, json_bytes
 
 CONFIG = "config.json"
 BACKUP = "config.json.ctxext-orig"
@@ -37,7 +37,7 @@ def write_patched_config(directory: Path, original_raw: bytes | None, patched: d
     backup = directory / BACKUP
     if original_raw is not None and not backup.exists():
         atomic_write(backup, original_raw, like=directory / CONFIG)
-    atomic_write(directory / CONFIG, _json_bytes(patched))
+    atomic_write(directory / CONFIG, json_bytes(patched, sort_keys=True))
 
 
 def recorded_original(data: dict[str, Any], record: ExtensionRecord) -> dict[str, Any]:
@@ -88,9 +88,6 @@ def unpatch_config(directory: Path, record: ExtensionRecord) -> str:
         os.replace(backup, directory / CONFIG)
         return "restored the original config.json byte for byte"
     _, data = read_config_json(directory)
-    atomic_write(directory / CONFIG, _json_bytes(recorded_original(data, record)))
+    atomic_write(directory / CONFIG, json_bytes(recorded_original(data, record), sort_keys=True))
     return f"no {BACKUP} found: wrote the recorded original rope fields back"
 
-
-def _json_bytes(data: dict[str, Any]) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()

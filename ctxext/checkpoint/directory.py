@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..core.plan import ExtensionPlan, plan_extension, take_off_record
+from ..core.plan import ExtensionPlan, plan_fresh, take_off_record
 from ..core.record import ExtensionRecord
 from ..errors import CtxextError
 from ..serving import DUAL_CHUNK, LEGACY_ROPE_TYPES, serve_commands, sglang_dual_chunk_config
@@ -57,7 +57,7 @@ def patch_directory(
     config, saved = unpatched_config(directory)
     if saved and not replace:
         raise CtxextError(f"{directory} is already patched with '{saved.method}'; use --replace or 'ctxext unpatch'")
-    plan = plan_extension(config, method, factor=factor, target_length=target_length, original_length=original_length,
+    plan = plan_fresh(config, method, factor=factor, target_length=target_length, original_length=original_length,
                           rope_layer_types=rope_layer_types, replace_native_scaling=replace, params=params)
     original_raw, original = raw, data
     if saved and (directory / BACKUP).exists():

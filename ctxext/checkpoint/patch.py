@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..auto import is_auto, resolve
-from ..core.plan import planned_extension
+from ..core.plan import plan_extension
 from ..core.record import ExtensionRecord
 from ..core.validate import check_dtype
 from ..errors import CtxextError
@@ -129,8 +129,6 @@ def _patch_auto(model: str | Path, *, output, dry_run: bool, dtype: str, **optio
     (a patched directory's config.json; a .gguf output keeps it only in the returned record)."""
     params = {k: v for k, v in options.items()
               if k not in ("factor", "target_length", "original_length", "replace", "rope_layer_types")}
-    if params:
-        raise CtxextError(f"method 'auto' chooses its parameters; give a method to set {', '.join(sorted(params))}")
     location = resolve_model_path(model)
     target = options.get("target_length")
     if target is None and location.gguf_file is None and options.get("factor") is not None:
@@ -138,7 +136,8 @@ def _patch_auto(model: str | Path, *, output, dry_run: bool, dtype: str, **optio
 
         target = auto_target(unpatched_config(location.directory)[0], options.get("factor"), None,
                              options.get("original_length"))
-    method, chosen, note = resolve(model if target else None, location.directory, target or 0, config_only=True)
+    method, chosen, note = resolve(model if target else None, location.directory, target or 0, config_only=True,
+                                   params=params)
     result = patch(model, method, output=output, dry_run=dry_run, dtype=dtype, **options, **chosen)
     result.record.auto = note
     if not dry_run and result.path.is_dir() and (result.path / "config.json").is_file():
@@ -151,5 +150,5 @@ def _patch_auto(model: str | Path, *, output, dry_run: bool, dtype: str, **optio
 def _check_options(config, method: str, *, factor=None, target_length=None, original_length=None, replace=False,
                    rope_layer_types=None, **params) -> None:
     """``patch_gguf``'s keyword options checked on the config alone, as ``extend`` will plan them."""
-    planned_extension(config, method, factor=factor, target_length=target_length, original_length=original_length,
+    plan_extension(config, method, factor=factor, target_length=target_length, original_length=original_length,
                       replace=replace, rope_layer_types=rope_layer_types, params=params)

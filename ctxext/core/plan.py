@@ -59,7 +59,7 @@ def resolve_lengths(
     return target_length / original, original, target_length
 
 
-def plan_extension(
+def plan_fresh(
     config: Any,
     method: str,
     *,
@@ -70,7 +70,8 @@ def plan_extension(
     replace_native_scaling: bool = False,
     params: dict[str, Any] | None = None,
 ) -> ExtensionPlan:
-    """Compute the patched config fields; ``config`` must not carry a ctxext patch."""
+    """The plan for a config that carries no ctxext patch (``plan_extension`` takes one off first): the patched
+    config fields, the scalings per layer type and the record."""
     rope_method = get_method(method)
     method_config = rope_method.config_class.from_params(rope_method.name, dict(params or {}))
     config = text_config(config)
@@ -115,7 +116,7 @@ def plan_extension(
     return ExtensionPlan(rope_method, method_config, scalings, fields, record)
 
 
-def planned_extension(config: Any, method: str, *, factor: float | None = None, target_length: int | None = None,
+def plan_extension(config: Any, method: str, *, factor: float | None = None, target_length: int | None = None,
                       original_length: int | None = None, replace: bool = False,
                       rope_layer_types: list[str] | None = None, params: dict | None = None,
                       restore_first: bool = False) -> ExtensionPlan:
@@ -130,7 +131,7 @@ def planned_extension(config: Any, method: str, *, factor: float | None = None, 
     if existing is not None and not (replace or restore_first):
         raise CtxextError(f"model is already extended with '{existing.method}'; pass replace=True (--replace) "
                           "to replace that extension")
-    return plan_extension(config, method, factor=factor, target_length=target_length, original_length=original_length,
+    return plan_fresh(config, method, factor=factor, target_length=target_length, original_length=original_length,
                           rope_layer_types=rope_layer_types, replace_native_scaling=replace, params=params)
 
 

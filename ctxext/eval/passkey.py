@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .constants import DEFAULT_DEPTHS
 from .generation import greedy_generate
 from .haystack import NOISE
+from .task import GENERATE, Task
 from .samples import Sample, count_tokens, largest_fitting, sample_rng
 from .scoring import first_integer
 
@@ -64,6 +65,9 @@ def make_sample(tokenizer, length: int, index: int, seed: int, depths=DEFAULT_DE
     text, n_tokens = build_prompt(tokenizer, length, depth, key)
     return Sample("passkey", length, index, text, [str(key)], "first_integer", ANSWER_TOKENS, n_tokens, depth,
                   answer_prefix=ANSWER_PREFIX)
+
+
+TASK = Task("passkey", GENERATE, "passkey", ANSWER_TOKENS, "first_integer", has_depths=True, make=make_sample)
 
 
 def run_passkey(model, tokenizer, length: int, depths, seed: int = 0) -> list[PasskeyResult]:

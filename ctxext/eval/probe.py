@@ -16,13 +16,12 @@ directory's record (``patching.record_effective_length``), where ``ctxext info``
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..checkpoint.atomic import atomic_write
+from ..checkpoint.atomic import write_json
 from ..checkpoint.default_model import ALIAS
 from ..checkpoint.directory import record_effective_length, recordable_config
 from ..checkpoint.info import location_record
@@ -35,7 +34,7 @@ from ..model.loading import load_tokenizer, model_config
 from .constants import BASELINE, DEFAULT_DEPTHS, THRESHOLD
 from .runner import EvalConfig, check_config, run
 from .summary import effective_length, task_average
-from .tasks import PPL, TASK_NAMES, make_sample
+from .tasks import TASK_NAMES, get_task, make_sample
 
 PROBE_TASKS = ("passkey", "niah_single_1")
 LADDER = (1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)  # fractions of the context length L
@@ -198,7 +197,7 @@ def probe(model: str | Path, *, out: str | Path | None = None, lengths: list[int
             result.recorded = record_effective_length(model, found, expected=expected)
     finally:
         result.seconds = round(time.perf_counter() - start, 3)
-        atomic_write(config.out / RESULT, (json.dumps(result.to_dict(), indent=1) + "\n").encode("utf-8"))
+        write_json(config.out / RESULT, result.to_dict(), indent=1)
     return result
 
 
@@ -209,7 +208,7 @@ def _checked_tasks(tasks) -> list[str]:
     if not tasks:
         raise CtxextError("no tasks given")
     for task in tasks:
-        if task not in TASK_NAMES or task == PPL:
+        if task not in TASK_NAMES or not get_task(task).generates:
             raise CtxextError(f"the probe runs retrieval tasks (passkey or RULER-style ones), not '{task}'")
     return tasks
 

@@ -11,13 +11,13 @@ import json
 import platform
 from pathlib import Path
 
-from ..checkpoint.atomic import atomic_write
+from ..checkpoint.atomic import atomic_write, write_json
 from ..version import __version__
-from . import plots, ruler
+from . import plots
 from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL
 from .lengths import format_length
 from .summary import summarize
-from .tasks import PPL
+from .tasks import get_task, nll_tasks
 
 NOT_COMPARABLE = ("Tasks marked * use an offline prose haystack (CPython's pydoc topics) instead of RULER's "
                   "essays: their scores are not comparable with published RULER numbers. RULER's QA tasks "
@@ -88,7 +88,7 @@ def _header(config, meta: dict, methods: list[str]) -> list[str]:
 def _ruler_section(summary: dict, methods: list[str], lengths: list[int]) -> list[str]:
     lines = ["", "## RULER-style suite (score 0-100)", "", NOT_COMPARABLE]
     for task in summary["ruler_tasks"]:
-        mark = "" if ruler.TASKS[task].comparable else " *"
+        mark = "" if get_task(task).comparable else " *"
         lines += ["", f"### {task}{mark}", ""]
         lines += _before_after(_length_rows({m: summary["scores"][m][task] for m in methods}, methods, lengths),
                                methods)
@@ -151,7 +151,7 @@ def write_report(config, records: list[dict], store, meta: dict) -> dict:
                               for m in methods)]
     if summary["ruler_tasks"]:
         lines += _ruler_section(summary, methods, config.lengths)
-    if PPL in config.tasks:
+    if nll_tasks(config.tasks):
         lines += _ppl_section(summary, methods, config.lengths)
     tasks_key = ",".join(config.lm_eval_tasks)
     lm_eval_results = {r["method"]: r["results"] for r in store.records.values()
@@ -161,7 +161,7 @@ def write_report(config, records: list[dict], store, meta: dict) -> dict:
     pictures = []
     for task, task_grid in summary["depth_grid"].items():
         pictures.append(plots.heatmap(task, task_grid, config.lengths, out / f"heatmap_{task}.png"))
-    if PPL in config.tasks:
+    if nll_tasks(config.tasks):
         pictures.append(plots.perplexity_curves(summary["ppl"], meta["native_length"], out / "perplexity.png"))
     if pictures:
         lines += ["", "## Pictures", ""] + [f"![{p.stem}]({p.name})" for p in pictures]
@@ -169,5 +169,5 @@ def write_report(config, records: list[dict], store, meta: dict) -> dict:
     data = {"config": {**config.settings(), "methods": methods, "tasks": config.tasks, "lengths": config.lengths,
                        "samples": config.samples, "threshold": config.threshold, "device": meta["device"]},
             "meta": meta, "summary": summary, "lm_eval": lm_eval_results, "records": records}
-    atomic_write(out / "report.json", (json.dumps(data, indent=1, default=str) + "\n").encode("utf-8"))
+    write_json(out / "report.json", data, indent=1, default=str)
     return data

@@ -21,10 +21,11 @@ import random
 import string
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Callable
 
 from .haystack import NOISE, take_sentences
+from .task import GENERATE, Task
 from .samples import Sample, count_tokens, largest_fitting, sample_rng
 
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
@@ -252,43 +253,46 @@ def _fwe_builder(rng: random.Random, length: int, alpha: float = 2.0) -> Callabl
     return build
 
 
-@dataclass(frozen=True)
-class RulerTask:
-    name: str
-    tokens_to_generate: int
-    comparable: bool  # False: the haystack differs from upstream's
-    metric: str = "string_match_all"
-
-
-TASKS = {name: RulerTask(name, 128, spec.haystack != "essay") for name, spec in NIAH_TASKS.items()}
-TASKS.update({"vt": RulerTask("vt", 30, True), "cwe": RulerTask("cwe", 120, True), "fwe": RulerTask("fwe", 50, True)})
-SINGLE_NEEDLE = [name for name, spec in NIAH_TASKS.items() if spec.num_needle_k * spec.num_needle_v == 1
-                 and spec.num_needle_q == 1 and spec.haystack != "needle"]
-
-
-def make_sample(task: str, tokenizer, length: int, index: int, seed: int, depths=None) -> Sample:
+def _sample(task: str, build_for: Callable[..., Callable[[int], str]], tokenizer, length: int, index: int, seed: int,
+            depths=None) -> Sample:
     """Sample ``index`` of ``task`` sized to ``length`` tokens. Single-needle NIAH tasks put the
     needle at ``depths[index % len(depths)]`` (a random depth when ``depths`` is None)."""
     info = TASKS[task]
     rng = sample_rng(seed, task, length, index)
-    depth = None
-    if task in NIAH_TASKS:
-        if task in SINGLE_NEEDLE:
-            depth = rng.random() if depths is None else float(depths[index % len(depths)])
-        build = _niah_builder(NIAH_TASKS[task], rng, depth, f"{seed}/{task}/{length}/{index}")
-    elif task == "vt":
-        build = _vt_builder(rng, tokenizer, info.tokens_to_generate)
-    elif task == "cwe":
-        build = _cwe_builder(rng, length)
-    else:
-        build = _fwe_builder(rng, length)
-    budget = length - info.tokens_to_generate
+    depth = (rng.random() if depths is None else float(depths[index % len(depths)])) if info.has_depths else None
+    build = build_for(rng, tokenizer, length, depth, f"{seed}/{task}/{length}/{index}")
+    budget = length - info.max_new_tokens
     try:
         n = largest_fitting(build, lambda text: count_tokens(tokenizer, text) <= budget, start=16,
                             limit=getattr(build, "limit", None))
     except ValueError:
         raise ValueError(f"length {length} is too short for {task}") from None
     prompt = build(n).rstrip()
-    return Sample(task, length, index, prompt, list(build.answers), info.metric, info.tokens_to_generate,
+    return Sample(task, length, index, prompt, list(build.answers), info.metric, info.max_new_tokens,
                   count_tokens(tokenizer, prompt), depth, {"haystack_units": n, "comparable_with_ruler": info.comparable},
                   answer_prefix=build.answer_prefix)
+
+
+def make_sample(task: str, tokenizer, length: int, index: int, seed: int, depths=None) -> Sample:
+    """Sample ``index`` of the RULER-style ``task`` (see :func:`_sample`)."""
+    return TASKS[task].make(tokenizer, length, index, seed, depths)
+
+
+def _task(name: str, max_new_tokens: int, comparable: bool, has_depths: bool, build_for) -> Task:
+    return Task(name, GENERATE, "ruler", max_new_tokens, "string_match_all", has_depths, comparable,
+                partial(_sample, name, build_for))
+
+
+def _niah(spec: NiahSpec):
+    return lambda rng, tokenizer, length, depth, seed_text: _niah_builder(spec, rng, depth, seed_text)
+
+
+TASKS: dict[str, Task] = {
+    name: _task(name, 128, spec.haystack != "essay", spec.num_needle_k * spec.num_needle_v == 1
+                and spec.num_needle_q == 1 and spec.haystack != "needle", _niah(spec))
+    for name, spec in NIAH_TASKS.items()
+}
+TASKS["vt"] = _task("vt", 30, True, False, lambda rng, tokenizer, length, depth, seed_text: _vt_builder(rng, tokenizer, TASKS["vt"].max_new_tokens))
+TASKS["cwe"] = _task("cwe", 120, True, False, lambda rng, tokenizer, length, depth, seed_text: _cwe_builder(rng, length))
+TASKS["fwe"] = _task("fwe", 50, True, False, lambda rng, tokenizer, length, depth, seed_text: _fwe_builder(rng, length))
+SINGLE_NEEDLE = [name for name, task in TASKS.items() if task.has_depths]

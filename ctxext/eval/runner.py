@@ -9,33 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from ..auto import is_auto, resolve
 from ..checkpoint.locations import ModelLocation, resolve_model_path
-from ..core.plan import auto_target, planned_extension
+from ..core.plan import auto_target, plan_extension
 from ..core.record import ExtensionRecord
 from ..core.registry import get_method
 from ..core.rope_setup import native_length, read_rope_setup, text_config
 from ..core.validate import check_count, check_dtype, check_fraction, check_length, check_token_ids
 from ..errors import CtxextError, one_line
-from ..model.extend import extend, is_extended, restore
 from ..model.loading import check_device, load_tokenizer, load_weights, model_config
 from . import perplexity
 from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL, THRESHOLD
-from .generation import greedy_generate
 from .lm_eval_bridge import evaluate, require_lm_eval, task_manager
+from .backend import Setup, TransformersBackend
+from .loop import WindowSettings, run_units
 from .passkey import PasskeyResult, run_samples
 from .samples import Sample
-from .scoring import score
 from .store import RecordStore
-from .tasks import GROUPS, PPL, TASK_NAMES, make_sample
+from .tasks import GROUPS, TASK_NAMES, generation_tasks, get_task, make_sample, nll_tasks
 
 
 @dataclass
@@ -119,11 +116,8 @@ def _resolve_auto(config: EvalConfig, location: ModelLocation, model_config) -> 
         return
     if len(config.methods) > 1:
         raise CtxextError("--method auto stands alone: it compares the one method it chooses with the unpatched model")
-    if config.params:
-        flags = ", ".join("--" + p.replace("_", "-") for p in sorted(config.params))
-        raise CtxextError(f"method 'auto' chooses its parameters; give a method to set {flags}")
     target = auto_target(model_config, config.factor, config.target_length, None)
-    method, params, note = resolve(config.model, location.directory, target)
+    method, params, note = resolve(config.model, location.directory, target, params=config.params)
     config.methods, config.params, config.auto = [method], params, note
 
 
@@ -178,7 +172,7 @@ def _check_methods(config: EvalConfig, model_config) -> None:
         flags = ", ".join("--" + p.replace("_", "-") for p in unused)
         raise CtxextError(f"{flags}: not a parameter of {', '.join(config.methods)} (see 'ctxext methods')")
     for method in config.methods:
-        planned_extension(model_config, method, factor=config.factor, target_length=config.target_length,
+        plan_extension(model_config, method, factor=config.factor, target_length=config.target_length,
                           replace=config.replace, params=method_params(method, config.params), restore_first=True)
 
 
@@ -193,14 +187,14 @@ def _lm_eval_own_tasks(tasks: list[str]) -> list[str]:
     for name in tasks:
         if name.startswith("ctxext_"):
             own = name[len("ctxext_"):]
-            found += GROUPS[own] if own in GROUPS else [own] if own in TASK_NAMES and own != PPL else []
+            found += GROUPS[own] if own in GROUPS else generation_tasks([own]) if own in TASK_NAMES else []
     return list(dict.fromkeys(found))
 
 
 def build_samples(config: EvalConfig, tokenizer, model_config, todo) -> dict[tuple, Sample]:
     """Every prompt of ``todo``, built with the tokenizer alone (shortest first, so that a length too short
     for a task fails at once), keyed (task, length, index); also the ctxext_* lm-eval tasks' shortest prompt."""
-    keys = sorted({(length, task, index) for _, task, length, index in todo if task != PPL})
+    keys = sorted({(length, task, index) for _, task, length, index in todo if get_task(task).generates})
     samples = {(task, length, index): make_sample(task, tokenizer, length, index, config.seed, config.depths)
                for length, task, index in keys}
     shortest = min(config.lengths)
@@ -213,14 +207,13 @@ def build_samples(config: EvalConfig, tokenizer, model_config, todo) -> dict[tup
     return samples
 
 
-def apply_method(model, method: str, config: EvalConfig) -> None:
-    if method == BASELINE and config.as_loaded:
-        return
-    if is_extended(model):
-        restore(model)
-    if method != BASELINE:
-        extend(model, method, factor=config.factor, target_length=config.target_length, replace=config.replace,
-               **method_params(method, config.params))
+def setups(config: EvalConfig) -> dict[str, Setup]:
+    """Each configuration of the run by its label: the baseline, then each method with its parameters."""
+    found = {BASELINE: Setup(None)}
+    for method in config.methods:
+        found[method] = Setup(method, method_params(method, config.params), config.factor, config.target_length,
+                              config.replace)
+    return found
 
 
 def load_model(config: EvalConfig):
@@ -261,23 +254,6 @@ def lengths_of(model, config: EvalConfig) -> tuple[int, int]:
     return native, round(native * config.factor) if config.factor else native
 
 
-def _generation_record(model, tokenizer, sample, method: str) -> dict:
-    start = time.perf_counter()
-    generated, n_tokens = greedy_generate(model, tokenizer, sample.prompt, sample.max_new_tokens)
-    value = score(sample.metric, generated, sample.references)
-    return {"method": method, "task": sample.task, "length": sample.length, "sample": sample.index,
-            "depth": sample.depth, "n_tokens": n_tokens, "expected": sample.references, "generated": generated,
-            "metric": sample.metric, "score": value, "correct": value == 100.0,
-            "seconds": round(time.perf_counter() - start, 3), **sample.meta}
-
-
-def _ppl_record(model, ids, length: int, index: int, config: EvalConfig, method: str) -> dict:
-    start = time.perf_counter()
-    window = perplexity.score_window(model, ids, index, length, config.ppl_stride, min(config.ppl_bucket, length))
-    return {"method": method, "task": PPL, "length": length, "sample": index, **dataclasses.asdict(window),
-            "seconds": round(time.perf_counter() - start, 3)}
-
-
 def plan_units(config: EvalConfig, n_corpus_tokens: int | None) -> list[tuple[str, str, int, int]]:
     """(method, task, length, sample) for every unit of work, methods outermost."""
     units = []
@@ -285,21 +261,23 @@ def plan_units(config: EvalConfig, n_corpus_tokens: int | None) -> list[tuple[st
         for task in config.tasks:
             for length in config.lengths:
                 count = config.samples
-                if task == PPL:
+                if not get_task(task).generates:
                     count = min(config.ppl_windows, perplexity.window_count(n_corpus_tokens, length, config.ppl_stride))
                 units += [(method, task, length, i) for i in range(count)]
     return units
 
 
-def run_lm_eval_tasks(model, tokenizer, manager, config: EvalConfig, store: RecordStore, max_length: int) -> None:
+def run_lm_eval_tasks(backend: TransformersBackend, manager, config: EvalConfig, store: RecordStore,
+                      max_length: int) -> None:
     """Each method's lm-eval results, logged like samples so that a resumed run skips them."""
     tasks_key = ",".join(config.lm_eval_tasks)
-    for method in [BASELINE, *config.methods]:
-        if (method, LM_EVAL, 0, tasks_key) in store:
+    for label, setup in setups(config).items():
+        if (label, LM_EVAL, 0, tasks_key) in store:
             continue
-        apply_method(model, method, config)
-        results = evaluate(model, tokenizer, config.lm_eval_tasks, max_length, manager, config.lm_eval_limit)
-        store.add({"method": method, "task": LM_EVAL, "length": 0, "sample": tasks_key, "results": results,
+        backend.use(setup)
+        results = evaluate(backend.model, backend.tokenizer, config.lm_eval_tasks, max_length, manager,
+                           config.lm_eval_limit)
+        store.add({"method": label, "task": LM_EVAL, "length": 0, "sample": tasks_key, "results": results,
                    "max_length": max_length})
 
 
@@ -314,7 +292,7 @@ def run(config: EvalConfig) -> dict:
 
     checked = check_config(config)
     store = RecordStore(config.out, config.settings())
-    corpus = perplexity.load_corpus(config.text_file, config.text_dataset) if PPL in config.tasks else None
+    corpus = perplexity.load_corpus(config.text_file, config.text_dataset) if nll_tasks(config.tasks) else None
     tokenizer = load_tokenizer(checked.location)
     ids = None
     if corpus is not None:
@@ -325,24 +303,13 @@ def run(config: EvalConfig) -> dict:
     todo = [u for u in units if u not in store]
     samples = build_samples(config, tokenizer, checked.model_config, todo)
     model = load_model(config)
-    current = None
-    with tqdm(total=len(todo), desc="eval", unit="sample", disable=not todo) as bar:
-        for method, task, length, index in todo:
-            if method != current:
-                apply_method(model, method, config)
-                current = method
-            bar.set_postfix_str(f"{method} {task} {length}")
-            if task == PPL:
-                record = _ppl_record(model, ids, length, index, config, method)
-            else:
-                record = _generation_record(model, tokenizer, samples[task, length, index], method)
-            store.add(record)
-            bar.update()
+    backend = TransformersBackend(model, tokenizer, keep_patch=config.as_loaded)
+    windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
+    run_units(backend, todo, setups(config), samples, store, windows=windows)
     native, extended = lengths_of(model, config)
     if config.lm_eval_tasks:
-        run_lm_eval_tasks(model, tokenizer, checked.lm_eval_manager, config, store, max(extended, *config.lengths))
-    if is_extended(model):
-        restore(model)
+        run_lm_eval_tasks(backend, checked.lm_eval_manager, config, store, max(extended, *config.lengths))
+    backend.close()
     meta = {"native_length": native, "extended_length": extended, "corpus": corpus[1] if corpus else None,
             "corpus_tokens": None if ids is None else len(ids), "device": str(next(model.parameters()).device)}
     store.begin()

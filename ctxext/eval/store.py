@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from ..checkpoint.atomic import atomic_write
+from ..checkpoint.atomic import atomic_write, write_json
 from ..checkpoint.locations import permitted
 from ..errors import CtxextError
 
@@ -100,7 +100,7 @@ class RecordStore:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 path = self.directory / SETTINGS
                 if not path.exists():
-                    atomic_write(path, (json.dumps(self.settings, indent=2, sort_keys=True) + "\n").encode())
+                    write_json(path, self.settings, sort_keys=True)
                 self._started = True
             if self._cut:
                 path = self.directory / RECORDS

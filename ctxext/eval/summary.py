@@ -8,8 +8,7 @@ import math
 from collections import defaultdict
 from statistics import mean
 
-from . import ruler
-from .tasks import PPL
+from .tasks import generation_tasks, get_task, nll_tasks
 
 
 def nearest(value: float, grid: list[float]) -> float:
@@ -39,19 +38,19 @@ def summarize(records: list[dict], methods: list[str], tasks: list[str], lengths
     for r in records:
         by_key[r["method"], r["task"], r["length"]].append(r)
     scores = {m: {t: {L: mean(r["score"] for r in by_key[m, t, L]) for L in lengths if by_key[m, t, L]}
-                  for t in tasks if t != PPL} for m in methods}
-    ruler_tasks = [t for t in tasks if t in ruler.TASKS]
+                  for t in generation_tasks(tasks)} for m in methods}
+    ruler_tasks = [t for t in tasks if get_task(t).family == "ruler"]
     summary: dict = {"scores": scores, "threshold": threshold, "ruler_tasks": ruler_tasks}
     if ruler_tasks:
         average = {m: task_average(scores[m], ruler_tasks, lengths) for m in methods}
         summary["ruler_average"] = average
         summary["effective_length"] = {m: effective_length(average[m], threshold) for m in methods}
-    if "passkey" in tasks:
+    if "passkey" in tasks:  # the papers' own yardstick, reported apart from the suite
         summary["passkey_effective_length"] = {m: effective_length(scores[m]["passkey"], threshold) for m in methods}
-    depth_tasks = [t for t in tasks if t == "passkey" or t in ruler.SINGLE_NEEDLE]
+    depth_tasks = [t for t in generation_tasks(tasks) if get_task(t).has_depths]
     summary["depth_grid"] = {t: _depth_grid(by_key, t, methods, lengths, depth_grid) for t in depth_tasks}
-    if PPL in tasks:
-        summary["ppl"] = {m: {L: _ppl(by_key[m, PPL, L]) for L in lengths if by_key[m, PPL, L]} for m in methods}
+    for task in nll_tasks(tasks):  # one nll task (perplexity) today; its summary keeps the name "ppl"
+        summary["ppl"] = {m: {L: _ppl(by_key[m, task, L]) for L in lengths if by_key[m, task, L]} for m in methods}
     return summary
 
 

@@ -20,27 +20,26 @@ The result goes to ``out/tune.json`` and to the cache (``ctxext.auto``: ``$CTXEX
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
 
 from .. import auto
-from ..checkpoint.atomic import atomic_write
-from ..core.plan import planned_extension
+from ..checkpoint.atomic import write_json
+from ..core.plan import plan_extension
 from ..core.registry import get_method
 from ..core.rope_setup import native_length
 from ..core.validate import check_count, check_fraction, check_length
 from ..errors import CtxextError
-from ..model.extend import extend, is_extended, restore
 from ..model.loading import load_tokenizer
 from . import perplexity
 from .constants import BASELINE
-from .runner import EvalConfig, _generation_record, _ppl_record, build_samples, check_config, load_model
+from .backend import Setup, TransformersBackend
+from .loop import WindowSettings, run_units
+from .runner import EvalConfig, build_samples, check_config, load_model
 from .store import RecordStore
 from .tasks import PPL
 
@@ -214,7 +213,7 @@ def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-repor
     short = short_length or min(native // 2, SHORT_CAP)
     rows = candidates(methods, native, target_length)
     for row in rows:
-        planned_extension(checked.model_config, row.method, target_length=target_length, params=row.params,
+        plan_extension(checked.model_config, row.method, target_length=target_length, params=row.params,
                           restore_first=True)
     cache = auto.cache_path(model, checked.location.directory, target_length)
     cached = None if refresh else auto.read_cached(model, checked.location.directory, target_length)
@@ -234,35 +233,15 @@ def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-repor
     if ppl:
         ids = perplexity.text_ids(tokenizer, perplexity.load_corpus()[0])
         perplexity.window_count(len(ids), target_length, config.ppl_stride)  # a corpus too short fails here
-    by_label = {r.label: r for r in rows}
-    loaded = load_model(config) if todo else None
-    current = None
-    with tqdm(total=len(todo), desc="tune", unit="prompt", disable=not todo) as bar:
-        for unit in todo:
-            name, task, length, index = unit
-            row = by_label.get(name)
-            if row is not None and row.error is not None:
-                bar.update()
-                continue
-            if name != current:
-                if is_extended(loaded):
-                    restore(loaded)
-                current = name
-                if row is not None:
-                    try:
-                        extend(loaded, row.method, target_length=target_length, **row.params)
-                    except CtxextError as exc:
-                        row.error = str(exc)
-                        bar.update()
-                        continue
-            bar.set_postfix_str(f"{name} {task} {length}")
-            if task == PPL:
-                store.add(_ppl_record(loaded, ids, length, index, config, name))
-            else:
-                store.add(_generation_record(loaded, tokenizer, samples_by_key[task, length, index], name))
-            bar.update()
-    if loaded is not None and is_extended(loaded):
-        restore(loaded)
+    setups = {BASELINE: Setup(None), **{r.label: Setup(r.method, r.params, target_length=target_length) for r in rows}}
+    if todo:
+        backend = TransformersBackend(load_model(config), tokenizer)
+        windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
+        failed = run_units(backend, todo, setups, samples_by_key, store, windows=windows, desc="tune",
+                           skip_failed=True)
+        backend.close()
+        for row in rows:
+            row.error = failed.get(row.label, row.error)
     store.begin()
     baseline_short = _mean(store, BASELINE, short)
     for row in rows:
@@ -308,7 +287,7 @@ def _perplexity(store: RecordStore, name: str, length: int) -> float | None:
 def _write(out: Path, result: TuneResult) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / RESULT, (json.dumps(result.to_dict(), indent=1) + "\n").encode("utf-8"))
+        write_json(out / RESULT, result.to_dict(), indent=1)
     except OSError as exc:
         raise CtxextError(f"{out}: cannot write {RESULT} there ({exc.strerror or exc})") from None
 

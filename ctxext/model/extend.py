@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from .. import auto
-from ..core.plan import apply_fields, auto_target, plan_extension, take_off_record
+from ..core.plan import apply_fields, auto_target, plan_fresh, take_off_record
 from ..core.record import ExtensionRecord
 from ..core.rope_setup import read_rope_setup, text_config
 from ..errors import CtxextError
@@ -58,7 +58,7 @@ def extend(
         restore(model)
         rotary = find_rotary_modules(model)
 
-    plan = plan_extension(
+    plan = plan_fresh(
         config,
         method,
         factor=factor,
@@ -94,15 +94,13 @@ def extend(
 
 
 def _extend_auto(model, factor, target_length, original_length, *, replace, rope_layer_types, params):
-    if params:
-        raise CtxextError(f"method 'auto' chooses its parameters; give a method to set {', '.join(sorted(params))}")
     target = auto_target(model.config, factor, target_length, original_length)
     source = getattr(model.config, "_name_or_path", None) or None
     directory = source if source and (Path(source) / "config.json").is_file() else None
     own_temperature = any(float(getattr(rotary, "attention_scaling", 1.0)) != 1.0
                           for _, _, rotary in find_rotary_modules(model))
     method, chosen, note = auto.resolve(source if directory else None, directory, target,
-                                        own_temperature=own_temperature)
+                                        own_temperature=own_temperature, params=params)
     extend(model, method, factor=factor, target_length=target_length, original_length=original_length,
            replace=replace, rope_layer_types=rope_layer_types, **chosen)
     text_config(model.config).ctxext["auto"] = note

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint.atomic import atomic_write, staged
+from ..checkpoint.atomic import staged, write_json
 from ..core.record import ExtensionRecord
 from ..core.rope_setup import text_config
 from ..errors import CtxextError
@@ -75,7 +75,7 @@ def save_adapter(peft_model, out: Path, meta: dict[str, Any], tokenizer=None) ->
 
 
 def write_meta(out: Path, meta: dict[str, Any]) -> None:
-    atomic_write(out / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    write_json(out / META, meta, sort_keys=True)
 
 
 def read_meta(out: str | Path) -> dict[str, Any]:

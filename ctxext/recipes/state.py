@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint.atomic import staged
+from ..checkpoint.atomic import json_bytes, staged
 from ..errors import CtxextError
 
 CHECKPOINTS = "checkpoints"
@@ -40,7 +40,7 @@ def save_checkpoint(out: Path, step: int, peft_model, optimizer, scheduler, gene
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], "extra": extra,
         }, staging / STATE)
-        (staging / SETTINGS).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        (staging / SETTINGS).write_bytes(json_bytes(settings, sort_keys=True))
     for old in checkpoints(out)[:-keep]:
         shutil.rmtree(old)
     return target

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..checkpoint.default_model import ALIAS
 from ..checkpoint.locations import ensure_new_output, resolve_model_path
-from ..core.plan import planned_extension
+from ..core.plan import plan_extension
 from ..core.record import ExtensionRecord
 from ..core.validate import check_count, check_token_ids
 from ..errors import CtxextError
@@ -113,7 +113,7 @@ def finetune(
     location = None if loaded else resolve_model_path(model)
     config = model.config if loaded else model_config(location)
     method = method or recipe.method
-    plan = planned_extension(config, method, factor=factor, target_length=target_length,
+    plan = plan_extension(config, method, factor=factor, target_length=target_length,
                              original_length=original_length, replace=replace, params=method_params)
     target = plan.record.target_length
     if recipe.seq_len > target:

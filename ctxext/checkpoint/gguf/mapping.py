@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...core.plan import ExtensionPlan, plan_extension
+from ...core.plan import ExtensionPlan, plan_fresh
 from ...core.record import ExtensionRecord
 from ...core.registry import get_method
 from ...errors import CtxextError
@@ -77,7 +77,7 @@ def plan_gguf_patch(layout: GGUFLayout, method: str, *, output: Path, factor: fl
         raise CtxextError(f"{layout.path} already has per-dimension rope factors ({ROPE_FREQS}: llama3 scaling); "
                           "ctxext does not replace a GGUF's own tensors: patch the Hugging Face checkpoint and convert it")
     config = _config_from_metadata(layout, keys, before)
-    plan = plan_extension(config, rope_method.name, factor=factor, target_length=target_length,
+    plan = plan_fresh(config, rope_method.name, factor=factor, target_length=target_length,
                           original_length=original_length, params=params)
     if plan.method.kind == "attention":
         raise CtxextError(_attention_refusal(plan, layout.path))
