@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import signal
 import sys
 import typing
@@ -31,20 +30,17 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parse_numbers(text: str) -> list[float] | float:
-    """'1.5' -> 1.5; '1,1.2,1.4' -> list; '@factors.json' -> the JSON list in that file."""
+def _parse_numbers(text: str) -> list[float] | float | str:
+    """'1.5' -> 1.5; '1,1.2,1.4' -> list; '@factors.json' stays as it is: the method reads the file."""
+    if text.startswith("@"):
+        return text
     try:
-        if text.startswith("@"):
-            values = json.loads(Path(text[1:]).read_text())
-        elif "," in text:
-            values = [float(v) for v in text.split(",") if v.strip()]
-        else:
-            return float(text)
-    except (OSError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"expected a number, a comma-separated list or @file.json ({exc})")
-    if not isinstance(values, list):
-        raise argparse.ArgumentTypeError("expected a JSON list of numbers")
-    return values
+        if "," in text:
+            return [float(v) for v in text.split(",") if v.strip()]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, a comma-separated list or @file.json, got '{text}'") \
+            from None
 
 
 def _parse_bool(text: str) -> bool:
@@ -229,6 +225,11 @@ def _add_tune_parser(commands) -> None:
     p.add_argument("--tasks", default="passkey,niah_single_1",
                    help="passkey, niah_single_1 or both (default both)")
     p.add_argument("--no-ppl", action="store_true", help="skip the perplexity tie-breaker at the target length")
+    p.add_argument("--text-file", help="perplexity text (default: CPython's pydoc topics prose)")
+    p.add_argument("--search-minutes", type=float, help="budget of the longrope search (--methods longrope), which "
+                   "sizes its population and iterations (default 10)")
+    p.add_argument("--search-windows", type=int,
+                   help="perplexity windows of the target length per longrope search candidate (default 2)")
     p.add_argument("--refresh", action="store_true", help="ignore a cached result and measure again")
     _add_seed(p)
     p.add_argument("--out", type=Path, default=Path("tune-report"),
@@ -387,6 +388,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   methods=[m for m in args.methods.split(",") if m.strip()] if args.methods is not None else None,
                   short_length=args.short_length, depths=parse_depths(args.depths, allow_random=False),
                   samples=args.samples, ppl=not args.no_ppl, tasks=[t for t in args.tasks.split(",") if t.strip()],
+                  text_file=args.text_file, search_minutes=args.search_minutes, search_windows=args.search_windows,
                   seed=args.seed, dtype=args.dtype, device=args.device, refresh=args.refresh)
     print("\n".join(result.lines()))
     return 0
