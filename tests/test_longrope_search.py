@@ -208,12 +208,16 @@ def test_a_bad_factor_file_is_one_line(tiny_dir, tmp_path, capsys, content, mess
 
 def test_tune_searches_longrope_and_auto_takes_it(tiny_eval_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CTXEXT_CACHE", str(tmp_path / "cache"))
+    budgets = []  # the budget reaches the plan; a fixed plan keeps the test's time off the machine's speed
+    monkeypatch.setattr(lrs, "plan_for_budget",
+                        lambda minutes, seconds: budgets.append(minutes) or lrs.SearchPlan(8, 2))
     out = tmp_path / "tune"
     assert main(["tune", str(tiny_eval_dir), "--target-length", "400", "--short-length", "300", "--methods",
                  "longrope,rerope", "--tasks", "passkey", "--depths", "0.5", "--search-minutes", "0.05",
                  "--search-windows", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "longrope search at 400 tokens (1 window(s))" in printed and "longrope search: population" in printed
+    assert budgets == [0.05] and "longrope search at 400 tokens (1 window(s))" in printed
+    assert "longrope search: population 8, 2 iterations, 16 candidates" in printed
     factors = json.loads((out / tune_module.FACTORS_FILE).read_text())
     data = json.loads((out / "tune.json").read_text())
     row = next(r for r in data["ranking"] if r["label"] == tune_module.SEARCH_LABEL)
