@@ -124,6 +124,14 @@ def test_the_search_is_deterministic_under_a_seed(trained, tmp_path):
     assert other.history[:3] == first.history[:3]  # PI, NTK, YaRN: the same starting points
 
 
+def test_an_extended_model_is_searched_from_its_native_rope(trained, tmp_path):
+    model, _ = trained
+    native = _search(trained, tmp_path / "native", population=4, iterations=1)
+    ctxext.extend(model, "yarn", factor=4)
+    patched = _search(trained, tmp_path / "patched", population=4, iterations=1)
+    assert patched.history == native.history and not ctxext.is_extended(model)
+
+
 def test_a_rerun_scores_only_the_candidates_not_logged(trained, tmp_path, monkeypatch):
     complete = _search(trained, tmp_path / "complete")
     real, calls = perplexity.perplexity, []

@@ -218,7 +218,8 @@ def search(model, ids: torch.Tensor, target_length: int, store: RecordStore, *, 
 
     ``ids``: the text's token ids (1-D); ``store``: where scores are logged and found again. Give
     ``minutes`` (the plan follows from the time of the first candidate) or ``population`` and
-    ``iterations``. The model is left as it was given (unextended).
+    ``iterations``. An extended model is restored first (the search starts from the native rope) and
+    every candidate is restored after scoring, so the model ends unextended.
     """
     if (population is None) != (iterations is None):
         raise CtxextError("give the longrope search both population and iterations, or neither (then minutes)")
@@ -226,6 +227,8 @@ def search(model, ids: torch.Tensor, target_length: int, store: RecordStore, *, 
     if plan is None:
         check_budget(minutes)
     check_count(windows, "--search-windows")
+    if is_extended(model):  # a patched checkpoint as it loads: the search starts from the native rope
+        restore(model)
     config = text_config(model.config)
     setup = read_rope_setup(config)
     layer_types = setup.select_layer_types(None)
@@ -240,8 +243,6 @@ def search(model, ids: torch.Tensor, target_length: int, store: RecordStore, *, 
     theta = float(setup.parameters[layer_types[0]]["rope_theta"])
     starts = initial_individuals(theta, rotary_dim, native, target_length)
     top = top_factor(target_length / native)
-    if is_extended(model):
-        restore(model)
 
     rng = random.Random(seed)
     scores: dict[Individual, float] = {}
