@@ -3,6 +3,8 @@
 ``resolve`` picks a concrete method and parameters for a model and target length:
 
 1. the cached ``ctxext tune`` winner for (model path, config.json hash, target length), when there is one;
+   for a config-only patch its best config-only candidate (``config_only_winner``: a method stock
+   engines load, such as yarn or the searched longrope) where the result names one;
 2. otherwise a fixed rule: ``rerope`` with ``log_scaling=True`` where the model is run through
    ctxext (``extend`` on a loaded model, ``ctxext eval``, or a checkpoint reloaded with
    ``ctxext.from_pretrained``); ``yarn`` where only the config is patched for other engines
@@ -103,11 +105,14 @@ def resolve(model: str | Path | None, directory: str | Path | None, target_lengt
     if model is not None and directory is not None:
         cached = read_cached(model, directory, target_length)
         if cached is not None:
-            winner = cached["winner"]
+            config_only_winner = cached.get("config_only_winner") if config_only else None
+            use_config_only = isinstance(config_only_winner, dict)
+            winner = config_only_winner if use_config_only else cached["winner"]
             method, params = winner["method"], dict(winner.get("params") or {})
+            which = "its best config-only candidate, " if use_config_only else ""
             return method, params, {"chose": method, "params": params,
-                                    "reason": f"ctxext tune result for {target_length} tokens "
-                                              f"({cache_path(model, directory, target_length)})"}
+                                    "reason": f"ctxext tune result for {target_length} tokens ({which}"
+                                              f"{cache_path(model, directory, target_length)})"}
     method, params = RULE_CONFIG_ONLY if config_only else RULE_LOADED
     params = dict(params)
     why = ("config-only patch: stock engines load yarn" if config_only

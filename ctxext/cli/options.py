@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import typing
-from pathlib import Path
 from typing import Any
 
 from ..core.validate import DTYPES
@@ -21,20 +19,17 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def parse_numbers(text: str) -> list[float] | float:
-    """'1.5' -> 1.5; '1,1.2,1.4' -> list; '@factors.json' -> the JSON list in that file."""
+def parse_numbers(text: str) -> list[float] | float | str:
+    """'1.5' -> 1.5; '1,1.2,1.4' -> list; '@factors.json' stays as it is: the method reads the file."""
+    if text.startswith("@"):
+        return text
     try:
-        if text.startswith("@"):
-            values = json.loads(Path(text[1:]).read_text())
-        elif "," in text:
-            values = [float(v) for v in text.split(",") if v.strip()]
-        else:
-            return float(text)
-    except (OSError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"expected a number, a comma-separated list or @file.json ({exc})") from None
-    if not isinstance(values, list):
-        raise argparse.ArgumentTypeError("expected a JSON list of numbers")
-    return values
+        if "," in text:
+            return [float(v) for v in text.split(",") if v.strip()]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, a comma-separated list or @file.json, got '{text}'") \
+            from None
 
 
 def parse_bool(text: str) -> bool:

@@ -20,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="passkey,niah_single_1",
                    help="passkey, niah_single_1 or both (default both)")
     p.add_argument("--no-ppl", action="store_true", help="skip the perplexity tie-breaker at the target length")
+    p.add_argument("--text-file", help="perplexity text (default: CPython's pydoc topics prose)")
+    p.add_argument("--search-minutes", type=float, help="budget of the longrope search (--methods longrope), which "
+                   "sizes its population and iterations (default 10)")
+    p.add_argument("--search-windows", type=int,
+                   help="perplexity windows of the target length per longrope search candidate (default 2)")
     p.add_argument("--refresh", action="store_true", help="ignore a cached result and measure again")
     options.add_seed(p)
     p.add_argument("--out", type=Path, default=Path("tune-report"),
@@ -34,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
                   methods=options.split_list(args.methods) if args.methods is not None else None,
                   short_length=args.short_length, depths=options.parse_depths(args.depths, allow_random=False),
                   samples=args.samples, ppl=not args.no_ppl, tasks=options.split_list(args.tasks),
+                  text_file=args.text_file, search_minutes=args.search_minutes, search_windows=args.search_windows,
                   seed=args.seed, dtype=args.dtype, device=args.device, refresh=args.refresh)
     print("\n".join(result.lines()))
     return 0

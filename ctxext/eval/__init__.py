@@ -10,6 +10,8 @@
   run without methods on a ladder of lengths, E from the summary's rule);
 - ``tune``: ``ctxext tune``, candidate methods and parameters ranked at one target length (records
   through the runner's store, the winner cached for ``--method auto``);
+- ``longrope_search``: LongRoPE's evolutionary search for ``longrope`` factors, by perplexity (``tune
+  --methods longrope``);
 - ``lm_eval_bridge``: lm-eval on the in-memory model and our shipped lm-eval task configs;
 - ``checks``: what can be checked without the model's weights (its config, the planned
   extension, device, dtype, lengths, tokenizer), shared with the fine-tune recipes;

@@ -11,11 +11,21 @@ model answers the short prompts too. Ranking (:func:`rank`):
 3. then the lower perplexity at the target length (missing: last);
 4. then the candidate's place in :data:`CANDIDATES`.
 
+``longrope`` in ``methods`` adds one more candidate, ``longrope searched``: before the prompts,
+LongRoPE's evolutionary search (:mod:`.longrope_search`, ``search_minutes`` of budget, perplexity on
+``search_windows`` windows at the target length of ``text_file`` or the offline prose corpus) finds its
+``long_factor``, which is written to ``out/longrope_factors.json`` (``ctxext patch --method longrope
+--long-factor @FILE`` and ``extend(..., long_factor=...)`` take it) and scored and ranked like every
+other candidate. It runs only when asked for, since it costs its budget.
+
 Candidates run in an order shuffled with ``seed``; the ranking does not depend on it. Every finished
-prompt goes to the run's record log in ``out`` (the eval runner's ``RecordStore``), so a rerun resumes.
-The result goes to ``out/tune.json`` and to the cache (``ctxext.auto``: ``$CTXEXT_CACHE``, default
-``~/.cache/ctxext/tune/<key>.json``, keyed by model path, config.json hash and target length), which
-``--method auto`` reads; a cached result is returned without loading the model unless ``refresh``.
+prompt, and every candidate the search scored, goes to the run's record log in ``out`` (the eval
+runner's ``RecordStore``), so a rerun resumes. Besides the winner, the result names the best
+config-only candidate (a method stock transformers and vLLM load from config.json: yarn, ntk, the
+searched longrope), which ``ctxext patch --method auto`` takes. The result goes to ``out/tune.json``
+and to the cache (``ctxext.auto``: ``$CTXEXT_CACHE``, default ``~/.cache/ctxext/tune/<key>.json``,
+keyed by model path, config.json hash and target length), which ``--method auto`` reads; a cached
+result is returned without loading the model unless ``refresh`` (also for another search budget).
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from . import perplexity
 from .constants import BASELINE
 from .backend import Setup, TransformersBackend
 from .loop import WindowSettings, run_units
+from .longrope_search import check_budget, search
 from .runner import EvalConfig, build_samples, check_config, load_model
 from .store import RecordStore
 from .tasks import PPL
@@ -47,6 +58,11 @@ TASKS = ("passkey", "niah_single_1")
 DEPTHS = (0.25, 0.75)
 RESULT = "tune.json"
 SHORT_CAP = 4096
+SEARCHED = "longrope"  # the method whose candidate the search makes
+SEARCH_LABEL = "longrope searched"
+FACTORS_FILE = "longrope_factors.json"
+SEARCH_MINUTES = 10.0
+SEARCH_WINDOWS = 2
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,7 @@ class Row:
     seconds: float = 0.0
     short_loss: bool = False
     error: str | None = None
+    search: dict | None = None  # the searched longrope: what the search reached (SearchResult.summary)
 
 
 def rank(rows: list[Row], baseline_short: float | None) -> list[Row]:
@@ -122,7 +139,7 @@ def candidates(methods: list[str] | None, native: int, target: int) -> list[Row]
             if auto.is_auto(name):
                 raise CtxextError("'auto' is what tune feeds, not a candidate; give registered methods")
         wanted = {get_method(m).name for m in methods}
-        known = {c.method for c in CANDIDATES}
+        known = {c.method for c in CANDIDATES} | {SEARCHED}
         missing = sorted(wanted - known)
         if missing:
             raise CtxextError(f"tune has no candidates for {', '.join(missing)} (tuned: {', '.join(sorted(known))})")
@@ -131,6 +148,8 @@ def candidates(methods: list[str] | None, native: int, target: int) -> list[Row]
         if wanted is None or candidate.method in wanted:
             params = candidate.params(native, target)
             rows.append(Row(label(candidate.method, params), candidate.method, params, index))
+    if wanted is not None and SEARCHED in wanted:
+        rows.append(Row(SEARCH_LABEL, SEARCHED, {}, len(CANDIDATES)))  # params: the search's factors
     return rows
 
 
@@ -147,22 +166,25 @@ class TuneResult:
     out: Path
     cache: Path
     tasks: list[str]
+    config_only_winner: dict | None = None  # the best candidate stock engines load from config.json
 
     def to_dict(self) -> dict:
         return {"model": self.model, "target_length": self.target_length, "short_length": self.short_length,
                 "native_length": self.native_length, "tasks": self.tasks, "baseline_short_score": self.baseline_short,
-                "winner": self.winner, "ranking": [vars(r) for r in self.rows], "cache": str(self.cache)}
+                "winner": self.winner, "config_only_winner": self.config_only_winner,
+                "ranking": [vars(r) for r in self.rows], "cache": str(self.cache)}
 
     @classmethod
     def from_dict(cls, data: dict, out: Path, cache: Path) -> "TuneResult":
         rows = [Row(**r) for r in data["ranking"]]
         return cls(data["model"], data["target_length"], data["short_length"], data["native_length"], rows,
-                   data["baseline_short_score"], data["winner"], True, out, cache, data["tasks"])
+                   data["baseline_short_score"], data["winner"], True, out, cache, data["tasks"],
+                   data.get("config_only_winner"))
 
     def lines(self) -> list[str]:
         head = ["rank", "method", "parameters", f"retrieval@{self.target_length}", f"short@{self.short_length}",
                 "ppl", "seconds"]
-        table = [[str(i + 1), r.method, ", ".join(f"{k}={v}" for k, v in sorted(r.params.items())) or "-",
+        table = [[str(i + 1), r.method, ", ".join(f"{k}={_shown(v)}" for k, v in sorted(r.params.items())) or "-",
                   _num(r.target_score), _num(r.short_score) + (" (loss)" if r.short_loss else ""),
                   _num(r.perplexity, 2), f"{r.seconds:.1f}" if r.error is None else f"failed: {r.error}"]
                  for i, r in enumerate(self.rows)]
@@ -174,6 +196,16 @@ class TuneResult:
         lines.append(f"winner: {self.winner['label']}" + (
             "; no candidate retrieved anything at the target length (ranked by short context and perplexity)"
             if best is not None and not best.target_score else ""))
+        if self.config_only_winner is not None and self.config_only_winner != self.winner:
+            lines.append(f"config-only winner (ctxext patch --method auto): {self.config_only_winner['label']}")
+        for row in self.rows:
+            if row.search is not None:
+                found = row.search
+                start = ", ".join(f"{k} {v:.3f}" for k, v in found["start"].items())
+                lines.append(f"longrope search: population {found['population']}, {found['iterations']} iterations, "
+                             f"{found['candidates']} candidates, {found['seconds']:.0f} s; perplexity at "
+                             f"{self.target_length} on {found['windows']} window(s): {found['perplexity']:.3f} "
+                             f"(start, as longrope factors: {start}); factors: {self.out / FACTORS_FILE}")
         lines.append(f"written: {self.out / RESULT}; cache: {self.cache}")
         return lines
 
@@ -182,14 +214,29 @@ def _num(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _shown(value) -> str:
+    """A parameter as the table shows it: a factor list by its range and length."""
+    if isinstance(value, list):
+        return f"[{min(value):g}..{max(value):g}] x{len(value)}"
+    return str(value)
+
+
+def _pick(row: Row) -> dict:
+    return {"method": row.method, "params": row.params, "label": row.label}
+
+
 def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-report", methods: list[str] | None = None,
          short_length: int | None = None, depths: list[float] = DEPTHS, samples: int = 1, ppl: bool = True,
-         tasks: list[str] = TASKS,
+         tasks: list[str] = TASKS, text_file: str | Path | None = None, search_minutes: float | None = None,
+         search_windows: int | None = None,
          seed: int = 0, dtype: str = "float32", device: str = "cpu", refresh: bool = False) -> TuneResult:
     """Rank the candidate methods for ``model`` at ``target_length``; see the module docstring.
 
     ``samples`` keys per depth; ``short_length`` defaults to min(L/2, 4096); ``tasks``: a subset of
-    passkey and niah_single_1; ``refresh`` ignores a cached result. Every argument is checked before the model loads.
+    passkey and niah_single_1; ``text_file``: the perplexity text (default: the offline prose corpus);
+    ``search_minutes`` (default 10) and ``search_windows`` (default 2): the longrope search's budget and
+    windows, only for ``methods`` with longrope; ``refresh`` ignores a cached result. Every argument is
+    checked before the model loads.
     """
     check_length(target_length)
     if short_length is not None:
@@ -205,16 +252,25 @@ def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-repor
     out = Path(out)
     config = EvalConfig(model=str(model), out=out, tasks=[*tasks, *([PPL] if ppl else [])],
                         samples=samples * len(depths), depths=list(depths), seed=seed, dtype=dtype, device=device,
-                        lengths=[target_length])
+                        lengths=[target_length], text_file=None if text_file is None else str(text_file))
     checked = check_config(config)
     native = native_length(checked.model_config)
     if target_length <= native:
         raise CtxextError(f"--target-length {target_length} is not beyond the native length {native}")
     short = short_length or min(native // 2, SHORT_CAP)
     rows = candidates(methods, native, target_length)
+    searched = next((r for r in rows if r.label == SEARCH_LABEL), None)
+    for flag, value in (("--search-minutes", search_minutes), ("--search-windows", search_windows)):
+        if searched is None and value is not None:
+            raise CtxextError(f"{flag} is a setting of the longrope search: add longrope to --methods")
+    minutes = check_budget(SEARCH_MINUTES if search_minutes is None else search_minutes)
+    search_windows = SEARCH_WINDOWS if search_windows is None else search_windows
+    check_count(search_windows, "--search-windows")
     for row in rows:
-        plan_extension(checked.model_config, row.method, target_length=target_length, params=row.params,
-                          restore_first=True)
+        params = {"long_factor": 1.0} if row is searched else row.params  # the searched factors come later
+        plan_extension(checked.model_config, row.method, target_length=target_length, params=params,
+                       restore_first=True)
+    corpus = perplexity.load_corpus(text_file)[0] if ppl or searched else None
     cache = auto.cache_path(model, checked.location.directory, target_length)
     cached = None if refresh else auto.read_cached(model, checked.location.directory, target_length)
     wanted = {r.label for r in rows}
@@ -230,12 +286,17 @@ def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-repor
     tokenizer = load_tokenizer(checked.location)
     samples_by_key = build_samples(config, tokenizer, checked.model_config, todo)
     ids = None
-    if ppl:
-        ids = perplexity.text_ids(tokenizer, perplexity.load_corpus()[0])
+    if corpus is not None:
+        ids = perplexity.text_ids(tokenizer, corpus)
         perplexity.window_count(len(ids), target_length, config.ppl_stride)  # a corpus too short fails here
+    loaded = load_model(config) if todo or searched else None
+    if searched is not None:
+        found = search(loaded, ids, target_length, store, minutes=minutes, windows=search_windows, seed=seed)
+        searched.params = {"long_factor": found.factors}
+        searched.search = found.summary()
     setups = {BASELINE: Setup(None), **{r.label: Setup(r.method, r.params, target_length=target_length) for r in rows}}
     if todo:
-        backend = TransformersBackend(load_model(config), tokenizer)
+        backend = TransformersBackend(loaded, tokenizer)
         windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
         failed = run_units(backend, todo, setups, samples_by_key, store, windows=windows, desc="tune",
                            skip_failed=True)
@@ -250,10 +311,9 @@ def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-repor
             row.perplexity = _perplexity(store, row.label, target_length) if ppl else None
             row.seconds = round(sum(r["seconds"] for k, r in store.records.items() if k[0] == row.label), 3)
     ranked = rank(rows, baseline_short)
-    best = ranked[0]
-    result = TuneResult(str(model), target_length, short, native, ranked, baseline_short,
-                        {"method": best.method, "params": best.params, "label": best.label}, False, out, cache,
-                        tasks)
+    config_only = next((r for r in ranked if r.error is None and get_method(r.method).stock_loadable), None)
+    result = TuneResult(str(model), target_length, short, native, ranked, baseline_short, _pick(ranked[0]), False,
+                        out, cache, tasks, None if config_only is None else _pick(config_only))
     auto.write_cached(model, checked.location.directory, target_length, result.to_dict())
     _write(out, result)
     return result
@@ -285,9 +345,13 @@ def _perplexity(store: RecordStore, name: str, length: int) -> float | None:
 
 
 def _write(out: Path, result: TuneResult) -> None:
+    """``tune.json``, and the searched longrope factors as the JSON list ``--long-factor @FILE`` reads."""
+    files = {RESULT: result.to_dict()}
+    files.update({FACTORS_FILE: r.params["long_factor"] for r in result.rows if r.search is not None})
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / RESULT, result.to_dict(), indent=1)
+        for name, data in files.items():
+            write_json(out / name, data, indent=1)
     except OSError as exc:
         raise CtxextError(f"{out}: cannot write {RESULT} there ({exc.strerror or exc})") from None
 

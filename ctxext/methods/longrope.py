@@ -1,8 +1,9 @@
 """LongRoPE: per-dimension rescale factors, one list for short inputs and one for long ones.
 
 Ding et al. 2024, "LongRoPE: Extending LLM Context Window Beyond 2 Million Tokens". The
-factors come from the paper's evolutionary search; ctxext does not search, the user gives
-them (a list of d/2 numbers, or one number for all dimensions). Inputs up to L use
+factors come from the paper's evolutionary search (``ctxext tune --methods longrope`` runs one,
+``ctxext.eval.longrope_search``) or from the user: a list of d/2 numbers, one number for all
+dimensions, or ``"@FILE"``, a JSON file holding the list (what the search writes). Inputs up to L use
 ``short_factor``, longer ones ``long_factor``; cos/sin are multiplied by
 sqrt(1 + ln(s) / ln(L)) unless ``attention_factor`` is given. Written as transformers'
 ``longrope`` rope type.
@@ -10,7 +11,10 @@ sqrt(1 + ln(s) / ln(L)) unless ``attention_factor`` is given. Written as transfo
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..core.params import MethodConfig, param
 from ..core.registry import RopeMethod, Scaling, register
@@ -22,8 +26,9 @@ from ._shared import base_parameters
 class LongRopeConfig(MethodConfig):
     """Parameters of LongRoPE."""
 
-    long_factor: list[float] | float | None = param(None, "rescale factors (d/2 numbers, or one) beyond L; required")
-    short_factor: list[float] | float = param(1.0, "rescale factors (d/2 numbers, or one) up to L")
+    long_factor: list[float] | float | None = param(None, "rescale factors (d/2 numbers, one, or @FILE.json) "
+                                                          "beyond L; required")
+    short_factor: list[float] | float = param(1.0, "rescale factors (d/2 numbers, one, or @FILE.json) up to L")
     attention_factor: float | None = param(None, "cos/sin multiplier; default sqrt(1+ln(s)/ln(L))")
 
     def check(self) -> None:
@@ -31,12 +36,31 @@ class LongRopeConfig(MethodConfig):
         if self.long_factor is None:
             raise CtxextError("longrope needs long_factor (d/2 numbers, or one number for all dimensions)")
         for name in ("long_factor", "short_factor"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, read_factors(name, getattr(self, name)))
             values = getattr(self, name)
             values = values if isinstance(values, list) else [values]
-            if not values or not all(isinstance(v, (int, float)) and v > 0 for v in values):
+            if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
                 raise CtxextError(f"longrope {name} must be positive numbers, got {getattr(self, name)!r}")
         if self.attention_factor is not None and self.attention_factor <= 0:
             raise CtxextError(f"longrope attention_factor must be > 0, got {self.attention_factor}")
+
+
+def read_factors(name: str, spec: str) -> list[float]:
+    """The factor list in the JSON file named by ``spec`` ("@FILE"), or a one-line CtxextError."""
+    if not spec.startswith("@"):
+        raise CtxextError(f"longrope {name} must be numbers or '@FILE' (a JSON list of numbers), got {spec!r}")
+    path = Path(spec[1:]).expanduser()
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CtxextError(f"longrope {name} {spec}: cannot read {path} ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CtxextError(f"longrope {name} {spec}: {path} is not JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, list) or not values \
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise CtxextError(f"longrope {name} {spec}: {path} must hold a JSON list of numbers")
+    return [float(v) for v in values]
 
 
 def _per_dimension(name: str, values: list[float] | float, rotary_dim: int) -> list[float]:
