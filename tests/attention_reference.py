@@ -6,7 +6,11 @@ builds the full matrix of remapped distances r'(i, j), rotates each query by eac
 masks, and takes one softmax (with ``log_scaling`` in the parameters, each query row's
 logits are multiplied by max(1, ln(p + 1) / ln L)). LM-Infinite with ``top_k``: each head's
 top_k middle keys, scored with the query turned to ``top_k_distance``, are added to the
-softmax with those scores. Nothing here shares code with ctxext's blockwise kernels.
+softmax with those scores. GALI: each query row uses the positions of its own length, built by
+the reference's ``construct_new_pi`` loop (:func:`gali_positions`); a fractional distance gets the
+logit interpolated between those at its floor and ceiling, and the noise (the one thing shared
+with ctxext: the hash that defines it, ``ctxext.methods.gali.standard_normal``) is added after
+every scaling. Nothing here shares code with ctxext's blockwise kernels.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import ctxext
+from ctxext.methods.gali import standard_normal
 
 NAME = "ctxext_test_dense_reference"
 
@@ -30,6 +35,20 @@ def _turn(x, angle):
     first, second = part[..., : rotary // 2], part[..., rotary // 2 :]
     turned = part * cos + torch.cat([-second, first], -1) * sin
     return torch.cat([turned, x[..., rotary:]], -1)
+
+
+def gali_positions(length: int, original: int, window: int) -> torch.Tensor:
+    """The GALI reference's ``construct_new_pi`` (start_pos 0), as its loop reads: G from the window,
+    then integer positions split into G each, from 0 up, until the positions hold ``length`` tokens."""
+    if length <= original:
+        return torch.arange(length, dtype=torch.float64)
+    group = math.ceil((length - window) / (original - window))
+    fractional, split = [], 0
+    while original - split + len(fractional) < length:
+        fractional += [split + t / group for t in range(group)]
+        split += 1
+    kept = list(range(split, original))
+    return torch.tensor(fractional[: length - len(kept)] + kept, dtype=torch.float64)
 
 
 def distances(method: str, p: torch.Tensor, params: dict, length: int):
@@ -58,6 +77,12 @@ def distances(method: str, p: torch.Tensor, params: dict, length: int):
         same, previous = (i // s) == (j // s), (i // s) == (j // s) + 1
         successive = torch.clamp(i % s + s, max=c) - j % s
         return torch.where(same, r, torch.where(previous, successive.float(), (c - j % s).float())), visible
+    if method == "gali":  # each query row with the positions of its own length
+        rows = []
+        for query in p.tolist():
+            built = gali_positions(query + 1, length, params["local_window"])
+            rows.append(built[query] - built[p.clamp(max=query)])
+        return torch.stack(rows).float(), visible
     raise ValueError(method)
 
 
@@ -100,19 +125,36 @@ class DenseReference:
                 total = int(p[real].max()) + 1
                 if total > self.length:
                     logit_scale = logit_scale * (0.05 * math.log(total / self.length) + 1) ** 2
-            angles = dist[..., None] * self.inv_freq  # (hq, n, n, d/2)
-            rotated = _turn(q0[row][:, :, None, :].expand(hq, n, n, d), angles)
-            logits = (rotated * k0[row][:, None, :, :]).sum(-1) * logit_scale
+            if self.method == "gali" and self.params.get("logit_interpolation", True):
+                weight = dist - dist.floor()
+                logits = ((1 - weight) * self._scores(q0[row], k0[row], dist.floor(), logit_scale)
+                          + weight * self._scores(q0[row], k0[row], dist.ceil(), logit_scale))
+            else:
+                logits = self._scores(q0[row], k0[row], dist, logit_scale)
             if self.method == "lm-infinite" and self._retrieves(module):
                 logits, extra = self._lm_infinite_top_k(q0[row], k0[row], p, allowed[row, 0], logits, extra,
                                                         logit_scale)
             if self.params.get("log_scaling"):  # log-n: the query at position p times max(1, ln(p+1)/ln L)
                 logits = logits * (torch.log(p.double() + 1) / math.log(self.length)).clamp(min=1).float()[:, None]
+            if self.method == "gali" and self.params.get("noise", True):
+                logits = logits + self._gali_noise(module, p, dist, hq)
             mask = allowed[row, 0] & extra
             logits = logits.masked_fill(~mask, float("-inf"))
             weights = logits.softmax(-1).nan_to_num(0.0)
             out[row] = weights @ value[row]
         return out.transpose(1, 2).contiguous().to(key.dtype), None
+
+    def _scores(self, q0, k0, dist, scale):
+        """Logits (hq, n, n) of one row's q0, k0 (at position 0), query i turned by dist[h, i, j] against key j."""
+        hq, n, d = q0.shape
+        rotated = _turn(q0[:, :, None, :].expand(hq, n, n, d), dist[..., None] * self.inv_freq)
+        return (rotated * k0[:, None, :, :]).sum(-1) * scale
+
+    def _gali_noise(self, module, p, dist, heads):
+        """std_base x (i - j) / (i + 1) times a standard normal, on the pairs at a non-integer distance."""
+        i, j = p[:, None], p[None, :]
+        std = self.params.get("std_base", 1.0) * (i - j) / (i + 1) * (dist != dist.round())
+        return standard_normal(self.params.get("noise_seed", 0), module.layer_idx, heads, p, p) * std
 
     def _retrieves(self, module) -> bool:
         return self.params.get("top_k", 0) > 0 and module.layer_idx >= self.params.get("top_k_from_layer", 4)

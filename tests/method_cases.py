@@ -79,6 +79,10 @@ CASES: dict[str, MethodCase] = {case.method: case for case in [
     MethodCase("rerope", "attention", ATTENTION_FACTOR, params=dict(window=12, leaky=2.5),
                roundtrip_params=dict(window=12, leaky=2.5, log_scaling=True),
                identity_params=dict(window=NATIVE - 1, log_scaling=True), identity_length=NATIVE),
+    # noise on (the default); positions change only beyond L tokens, so GALI is the identity up to L
+    MethodCase("gali", "attention", ATTENTION_FACTOR, params=dict(local_window=8),
+               roundtrip_params=dict(local_window=8, std_base=0.5, noise_seed=3),
+               identity_params=dict(local_window=8), identity_length=NATIVE),
 ]}
 
 

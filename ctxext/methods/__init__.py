@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     dca,
     dynamic_ntk,
     dynamic_yarn,
+    gali,
     llama3,
     lm_infinite,
     longrope,
