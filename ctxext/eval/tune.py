@@ -347,7 +347,9 @@ def _perplexity(store: RecordStore, name: str, length: int) -> float | None:
 def _write(out: Path, result: TuneResult) -> None:
     """``tune.json``, and the searched longrope factors as the JSON list ``--long-factor @FILE`` reads."""
     files = {RESULT: result.to_dict()}
-    files.update({FACTORS_FILE: r.params["long_factor"] for r in result.rows if r.search is not None})
+    searched = next((r for r in result.rows if r.search is not None), None)
+    if searched is not None:
+        files[FACTORS_FILE] = searched.params["long_factor"]
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
