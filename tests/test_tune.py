@@ -176,3 +176,29 @@ def test_auto_on_a_checkpoint_with_its_own_attention_factor_leaves_log_scaling_o
     record = model.config.ctxext
     assert record["method"] == "rerope" and record["params"]["log_scaling"] is False
     assert "stack" in record["auto"]["reason"]
+
+
+def test_budget_halves_the_candidates_round_by_round(tiny_eval_dir, tmp_path):
+    """A budget that never runs out: 3 candidates, then the better 2 with one more key each, then the best."""
+    small = {**SMALL, "methods": ["yarn", "ntk", "string"]}
+    result = tune(tiny_eval_dir, 400, out=tmp_path / "tune", ppl=False, budget_minutes=10_000, **small)
+    assert sorted(r.rounds for r in result.rows) == [1, 2, 3] and [r.rounds for r in result.rows] == [3, 2, 1]
+    assert result.winner["label"] == result.rows[0].label and len(result.plan) == 3
+    assert result.plan[1].startswith("round 2: kept ") and result.plan[2].startswith("round 3: kept ")
+    records = [json.loads(line) for line in (tmp_path / "tune" / "records.jsonl").read_text().splitlines()]
+    target = [r for r in records if r["length"] == 400]
+    assert len(target) == 3 + 2 + 1  # one passkey prompt per candidate and round
+    assert {r["sample"] for r in target if r["method"] == result.rows[0].label} == {0, 1, 2}
+    assert any(line.startswith("budget: round 3") for line in result.lines())
+
+
+def test_a_spent_budget_stops_after_the_first_round(tiny_eval_dir, tmp_path):
+    result = tune(tiny_eval_dir, 400, out=tmp_path / "tune", ppl=False, budget_minutes=1e-9, **SMALL)
+    assert [r.rounds for r in result.rows] == [1, 1]
+    assert "stopped with 2 candidates" in result.plan[-1]
+
+
+@pytest.mark.parametrize("budget", [0, -1, float("nan"), True])
+def test_a_bad_budget_is_refused(tiny_eval_dir, tmp_path, budget):
+    with pytest.raises(CtxextError, match="--budget-minutes must be a positive number"):
+        tune(tiny_eval_dir, 400, out=tmp_path / "tune", budget_minutes=budget, **SMALL)

@@ -1,15 +1,17 @@
 """``ctxext tune``: a small seeded search over methods and their main parameters for one target length.
 
 Each candidate of :data:`CANDIDATES` (``methods`` restricts them by method name) is applied to the model
-with ``extend`` and scored on a few passkey and ``niah_single_1`` prompts at the target length (default
-2 depths x 1 key per task), the same prompts at a short length inside the native length L
+with ``extend`` and scored on a few prompts of two prose retrieval tasks at the target length
+(``niah_single_2`` and ``niah_multikey_1``: passkey's one repeated sentence ranks methods wrongly; any
+retrieval task can be asked for; default 2 depths x 1 key per task), the same prompts at a short length inside the native length L
 (min(L/2, 4096)) and, unless ``ppl=False``, one perplexity window at the target length. The unpatched
 model answers the short prompts too. Ranking (:func:`rank`):
 
 1. a candidate whose short-context score is below the unpatched model's ranks below every one that is not;
-2. then the higher mean retrieval score at the target length;
-3. then the lower perplexity at the target length (missing: last);
-4. then the candidate's place in :data:`CANDIDATES`.
+2. then, with a budget (``budget_minutes``), the more successive-halving rounds survived;
+3. then the higher mean retrieval score at the target length;
+4. then the lower perplexity at the target length (missing: last);
+5. then the candidate's place in :data:`CANDIDATES`.
 
 ``longrope`` in ``methods`` adds one more candidate, ``longrope searched``: before the prompts,
 LongRoPE's evolutionary search (:mod:`.longrope_search`, ``search_minutes`` of budget, perplexity on
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -52,9 +54,9 @@ from .loop import WindowSettings, run_units
 from .longrope_search import check_budget, search
 from .runner import EvalConfig, build_samples, check_config, load_model
 from .store import RecordStore
-from .tasks import PPL
+from .tasks import PPL, TASK_NAMES, generation_tasks
 
-TASKS = ("passkey", "niah_single_1")
+TASKS = ("niah_single_2", "niah_multikey_1")  # prose retrieval: passkey ranks methods wrongly
 DEPTHS = (0.25, 0.75)
 RESULT = "tune.json"
 SHORT_CAP = 4096
@@ -110,6 +112,7 @@ class Row:
     short_loss: bool = False
     error: str | None = None
     search: dict | None = None  # the searched longrope: what the search reached (SearchResult.summary)
+    rounds: int = 1  # successive-halving rounds the candidate was scored in (all 1 without a budget)
 
 
 def rank(rows: list[Row], baseline_short: float | None) -> list[Row]:
@@ -117,7 +120,7 @@ def rank(rows: list[Row], baseline_short: float | None) -> list[Row]:
     for row in rows:
         row.short_loss = row.error is None and baseline_short is not None and row.short_score is not None \
             and row.short_score < baseline_short
-    return sorted(rows, key=lambda r: (r.error is not None, r.short_loss, -(r.target_score or 0.0),
+    return sorted(rows, key=lambda r: (r.error is not None, r.short_loss, -r.rounds, -(r.target_score or 0.0),
                                        r.perplexity if r.perplexity is not None else math.inf, r.index))
 
 
@@ -167,11 +170,14 @@ class TuneResult:
     cache: Path
     tasks: list[str]
     config_only_winner: dict | None = None  # the best candidate stock engines load from config.json
+    budget_minutes: float | None = None
+    plan: list[str] = field(default_factory=list)  # what the successive halving did, round by round
 
     def to_dict(self) -> dict:
         return {"model": self.model, "target_length": self.target_length, "short_length": self.short_length,
                 "native_length": self.native_length, "tasks": self.tasks, "baseline_short_score": self.baseline_short,
                 "winner": self.winner, "config_only_winner": self.config_only_winner,
+                "budget_minutes": self.budget_minutes, "plan": self.plan,
                 "ranking": [vars(r) for r in self.rows], "cache": str(self.cache)}
 
     @classmethod
@@ -179,7 +185,7 @@ class TuneResult:
         rows = [Row(**r) for r in data["ranking"]]
         return cls(data["model"], data["target_length"], data["short_length"], data["native_length"], rows,
                    data["baseline_short_score"], data["winner"], True, out, cache, data["tasks"],
-                   data.get("config_only_winner"))
+                   data.get("config_only_winner"), data.get("budget_minutes"), data.get("plan", []))
 
     def lines(self) -> list[str]:
         head = ["rank", "method", "parameters", f"retrieval@{self.target_length}", f"short@{self.short_length}",
@@ -192,6 +198,7 @@ class TuneResult:
         lines = [f"tune of {self.model} for {self.target_length} tokens (native {self.native_length}); unpatched "
                  f"at {self.short_length}: {_num(self.baseline_short)}" + (" (cached)" if self.cached else "")]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *table]]
+        lines += [f"budget: {line}" for line in self.plan]
         best = self.rows[0] if self.rows else None
         lines.append(f"winner: {self.winner['label']}" + (
             "; no candidate retrieved anything at the target length (ranked by short context and perplexity)"
@@ -228,14 +235,15 @@ def _pick(row: Row) -> dict:
 def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-report", methods: list[str] | None = None,
          short_length: int | None = None, depths: list[float] = DEPTHS, samples: int = 1, ppl: bool = True,
          tasks: list[str] = TASKS, text_file: str | Path | None = None, search_minutes: float | None = None,
-         search_windows: int | None = None,
+         search_windows: int | None = None, budget_minutes: float | None = None,
          seed: int = 0, dtype: str = "float32", device: str = "cpu", refresh: bool = False) -> TuneResult:
     """Rank the candidate methods for ``model`` at ``target_length``; see the module docstring.
 
-    ``samples`` keys per depth; ``short_length`` defaults to min(L/2, 4096); ``tasks``: a subset of
-    passkey and niah_single_1; ``text_file``: the perplexity text (default: the offline prose corpus);
+    ``samples`` keys per depth; ``short_length`` defaults to min(L/2, 4096); ``tasks``: retrieval tasks
+    (default the two prose ones); ``text_file``: the perplexity text (default: the offline prose corpus);
     ``search_minutes`` (default 10) and ``search_windows`` (default 2): the longrope search's budget and
-    windows, only for ``methods`` with longrope; ``refresh`` ignores a cached result. Every argument is
+    windows, only for ``methods`` with longrope; ``budget_minutes``: successive halving within that budget
+    (:func:`_halve`); ``refresh`` ignores a cached result. Every argument is
     checked before the model loads.
     """
     check_length(target_length)
@@ -246,9 +254,13 @@ def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-repor
         raise CtxextError("tune needs fixed needle depths (a list of numbers in [0, 1])")
     check_fraction(list(depths), "--depths")
     tasks = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks or []))
-    if not tasks or any(t not in TASKS for t in tasks):
+    retrieval = generation_tasks(TASK_NAMES)
+    if not tasks or any(t not in retrieval for t in tasks):
         got = ", ".join(map(str, tasks)) or "none"
-        raise CtxextError(f"tune scores {' and '.join(TASKS)} (or one of them), got {got}")
+        raise CtxextError(f"tune scores retrieval tasks ({', '.join(retrieval)}), got {got}")
+    if budget_minutes is not None and (isinstance(budget_minutes, bool) or not isinstance(budget_minutes, (int, float))
+                                       or not math.isfinite(budget_minutes) or budget_minutes <= 0):
+        raise CtxextError(f"--budget-minutes must be a positive number of minutes, got {budget_minutes!r}")
     out = Path(out)
     config = EvalConfig(model=str(model), out=out, tasks=[*tasks, *([PPL] if ppl else [])],
                         samples=samples * len(depths), depths=list(depths), seed=seed, dtype=dtype, device=device,
@@ -275,7 +287,8 @@ def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-repor
     cached = None if refresh else auto.read_cached(model, checked.location.directory, target_length)
     wanted = {r.label for r in rows}
     if cached is not None and {r["label"] for r in cached["ranking"]} == wanted \
-            and cached.get("short_length") == short and cached.get("tasks") == tasks:
+            and cached.get("short_length") == short and cached.get("tasks") == tasks \
+            and cached.get("budget_minutes") == budget_minutes:
         result = TuneResult.from_dict(cached, out, cache)
         _write(out, result)
         return result
@@ -289,34 +302,81 @@ def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-repor
     if corpus is not None:
         ids = perplexity.text_ids(tokenizer, corpus)
         perplexity.window_count(len(ids), target_length, config.ppl_stride)  # a corpus too short fails here
-    loaded = load_model(config) if todo or searched else None
+    loaded = load_model(config) if todo or searched or budget_minutes is not None else None
     if searched is not None:
         found = search(loaded, ids, target_length, store, minutes=minutes, windows=search_windows, seed=seed)
         searched.params = {"long_factor": found.factors}
         searched.search = found.summary()
     setups = {BASELINE: Setup(None), **{r.label: Setup(r.method, r.params, target_length=target_length) for r in rows}}
-    if todo:
-        backend = TransformersBackend(loaded, tokenizer)
-        windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
+    backend = TransformersBackend(loaded, tokenizer) if loaded is not None else None
+    windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
+
+    def run(todo: list[tuple]) -> None:
+        samples_by_key.update(build_samples(config, tokenizer, checked.model_config,
+                                            [u for u in todo if (u[1], u[2], u[3]) not in samples_by_key]))
         failed = run_units(backend, todo, setups, samples_by_key, store, windows=windows, desc="tune",
                            skip_failed=True)
-        backend.close()
         for row in rows:
             row.error = failed.get(row.label, row.error)
+
+    if todo:
+        run(todo)
+    plan = _halve(rows, store, run, config.samples, tasks, target_length, budget_minutes * 60) \
+        if budget_minutes is not None else []
+    if backend is not None:
+        backend.close()
     store.begin()
-    baseline_short = _mean(store, BASELINE, short)
+    baseline_short = _mean(store, BASELINE, short, tasks)
     for row in rows:
         if row.error is None:
-            row.target_score, row.short_score = _mean(store, row.label, target_length), _mean(store, row.label, short)
+            row.target_score = _mean(store, row.label, target_length, tasks)
+            row.short_score = _mean(store, row.label, short, tasks)
             row.perplexity = _perplexity(store, row.label, target_length) if ppl else None
             row.seconds = round(sum(r["seconds"] for k, r in store.records.items() if k[0] == row.label), 3)
     ranked = rank(rows, baseline_short)
     config_only = next((r for r in ranked if r.error is None and get_method(r.method).stock_loadable), None)
     result = TuneResult(str(model), target_length, short, native, ranked, baseline_short, _pick(ranked[0]), False,
-                        out, cache, tasks, None if config_only is None else _pick(config_only))
+                        out, cache, tasks, None if config_only is None else _pick(config_only), budget_minutes, plan)
     auto.write_cached(model, checked.location.directory, target_length, result.to_dict())
     _write(out, result)
     return result
+
+
+def _halve(rows: list[Row], store: RecordStore, run: Callable[[list[tuple]], None], per_depths: int,
+           tasks: list[str], target: int, budget_seconds: float) -> list[str]:
+    """Successive halving after the first round: keep the better half (by retrieval at the target length so
+    far), give each survivor ``per_depths`` more prompts per task, while the budget lasts.
+
+    Time is counted from the records' seconds (so a resumed run makes the same decisions); a round is started
+    only when its cost, estimated from the mean seconds of the target-length prompts so far, fits what is left.
+    Returns the plan, one line per round, for the table.
+    """
+    alive = [r for r in rows if r.error is None]
+    spent = sum(r.get("seconds", 0.0) for r in store.records.values())
+    prompts = [r["seconds"] for k, r in store.records.items() if k[2] == target and k[1] in tasks]
+    per_prompt = sum(prompts) / len(prompts) if prompts else 0.0
+    plan = [f"{budget_seconds / 60:g} min; round 1: {len(alive)} candidates x {per_depths * len(tasks)} prompts at "
+            f"{target} (+ the short-context guard), {spent:.0f} s, {per_prompt:.1f} s per prompt"]
+    scored = 1
+    while len(alive) > 1:
+        for row in alive:
+            row.target_score = _mean(store, row.label, target, tasks)
+        keep = sorted(alive, key=lambda r: (-(r.target_score or 0.0), r.index))[: math.ceil(len(alive) / 2)]
+        cost = len(keep) * per_depths * len(tasks) * per_prompt
+        if spent + cost > budget_seconds:
+            plan.append(f"round {scored + 1} would take about {cost:.0f} s with {budget_seconds - spent:.0f} s left: "
+                        f"stopped with {len(alive)} candidates")
+            break
+        scored += 1
+        indices = range((scored - 1) * per_depths, scored * per_depths)
+        run([(r.label, task, target, i) for r in keep for task in tasks for i in indices])
+        alive = [r for r in keep if r.error is None]
+        for row in alive:
+            row.rounds = scored
+        spent = sum(r.get("seconds", 0.0) for r in store.records.values())
+        plan.append(f"round {scored}: kept {', '.join(r.label for r in keep)}; {per_depths * len(tasks)} more "
+                    f"prompts each, {spent:.0f} s spent")
+    return plan
 
 
 def _units(rows: list[Row], config: EvalConfig, tasks: list[str], short: int, target: int, ppl: bool,
@@ -332,8 +392,8 @@ def _units(rows: list[Row], config: EvalConfig, tasks: list[str], short: int, ta
     return units
 
 
-def _mean(store: RecordStore, name: str, length: int) -> float | None:
-    values = [r["score"] for k, r in store.records.items() if k[0] == name and k[2] == length and k[1] in TASKS]
+def _mean(store: RecordStore, name: str, length: int, tasks: list[str]) -> float | None:
+    values = [r["score"] for k, r in store.records.items() if k[0] == name and k[2] == length and k[1] in tasks]
     return round(sum(values) / len(values), 3) if values else None
 
 
