@@ -11,7 +11,9 @@ over 0,0.25,0.5,0.75,1), so they equal an ``eval`` run's. Each record carries th
 peak memory during it (CUDA: peak allocated; CPU: peak resident set sampled every 20 ms). Every row is
 applied with ``target_length`` = the cell's length, or twice the native length for a cell inside it (``auto``
 resolves by its rule for that length); the
-unpatched row is the model as it loads. ``--device cuda --dtype bfloat16`` runs the same queue on a GPU.
+unpatched row is the model as it loads. ``--device cuda`` runs the same queue on a GPU
+(``bench/queues/gpu.txt``, the whole grid, most telling cells first), ``--deadline-minutes`` stops it in
+time; ``tests/test_retrieval_grid.py`` runs it on a tiny model, so a first try on a lent GPU works.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ ROWS: dict[str, tuple[str | None, dict]] = {
     "ms-poe": ("ms-poe", {}),
     "lm-infinite": ("lm-infinite", {}),
     "lm-infinite-topk": ("lm-infinite", {"window": 4096, "top_k": 5}),
+    "gali": ("gali", {}),
+    "gali-nonoise": ("gali", {"noise": False}),
 }
 
 
@@ -143,8 +147,12 @@ def run(args) -> None:
     tokenizer = load_tokenizer(resolve_model_path(args.model))
     model = load_weights(args.model, dtype=getattr(torch, args.dtype)).to(args.device).eval()
     applied, current = None, None
+    deadline = time.monotonic() + args.deadline_minutes * 60 if args.deadline_minutes else None
     with log.open("a", encoding="utf-8") as f, tqdm(total=len(todo), unit="prompt") as bar:
         for row, length, task, index in todo:
+            if deadline is not None and time.monotonic() > deadline:
+                print(f"deadline reached: {bar.n} of {len(todo)} prompts done; rerun to resume")
+                break
             if (row, length) != current:
                 applied, current = apply_row(model, row, length), (row, length)
             bar.set_postfix_str(f"{row} {task} {length}")
@@ -220,6 +228,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--deadline-minutes", type=float, default=0,
+                   help="stop starting prompts after this many minutes (0: no deadline); a rerun resumes")
     p.set_defaults(func=run)
     t = sub.add_parser("table", help="markdown table of one or more runs")
     t.add_argument("runs", nargs="+", type=Path)
