@@ -41,9 +41,17 @@ def _model(real: bool, dtype, device, layers: int):
 
     if real:
         return ctxext.from_pretrained(default_model_path(), dtype=dtype).to(device).eval()
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
 
@@ -87,8 +95,16 @@ def _random_cache(model, length: int, generator, device):
     return cache
 
 
-def measure(method: str, lengths: list[int], device_name: str, dtype_name: str, decode_steps: int, real: bool,
-            layers: int, decode_only: bool = False) -> dict:
+def measure(
+    method: str,
+    lengths: list[int],
+    device_name: str,
+    dtype_name: str,
+    decode_steps: int,
+    real: bool,
+    layers: int,
+    decode_only: bool = False,
+) -> dict:
     import torch
 
     import ctxext
@@ -167,8 +183,22 @@ def _decode_ms(model, past, token, steps: int, device) -> float:
 
 def _run_method(method: str, lengths: str, args, decode_steps: int) -> dict | None:
     """``measure`` in a fresh process (its own peak memory); None when it failed."""
-    command = [sys.executable, __file__, "--one", method, "--lengths", lengths, "--device", args.device,
-               "--dtype", args.dtype, "--decode-steps", str(decode_steps), "--layers", str(args.layers)]
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        method,
+        "--lengths",
+        lengths,
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--decode-steps",
+        str(decode_steps),
+        "--layers",
+        str(args.layers),
+    ]
     command += (["--real"] if args.real else []) + (["--decode-only"] if args.decode_only else [])
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
@@ -188,10 +218,14 @@ def ratio_table(rows: list[dict], lengths: list[int]) -> str:
     columns += [f"decode ms @{lengths[-1]} (ratio)"] if decoded else []
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [f"{row['prefill_s'][str(n)]:.2f} ({row['prefill_s'][str(n)] / base['prefill_s'][str(n)]:.2f}x)"
-                 for n in prefilled]
-        cells += [f"{row['peak_mib'][str(n)]:.0f} ({row['peak_mib'][str(n)] / max(base['peak_mib'][str(n)], 1):.2f}x)"
-                  for n in prefilled]
+        cells = [
+            f"{row['prefill_s'][str(n)]:.2f} ({row['prefill_s'][str(n)] / base['prefill_s'][str(n)]:.2f}x)"
+            for n in prefilled
+        ]
+        cells += [
+            f"{row['peak_mib'][str(n)]:.0f} ({row['peak_mib'][str(n)] / max(base['peak_mib'][str(n)], 1):.2f}x)"
+            for n in prefilled
+        ]
         if decoded:
             cells.append(f"{row['decode_ms']:.1f} ({row['decode_ms'] / base['decode_ms']:.2f}x)")
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
@@ -205,16 +239,26 @@ def sweep_points(rows: list[dict], lengths: list[int]) -> list[dict]:
     for row in rows:
         for n in lengths:
             seconds, mib = row["prefill_s"][str(n)], row["peak_mib"][str(n)]
-            points.append({"method": row["method"], "length": n, "prefill_s": seconds, "peak_mib": mib,
-                           "prefill_ratio": seconds / base["prefill_s"][str(n)],
-                           "peak_ratio": mib / max(base["peak_mib"][str(n)], 1)})
+            points.append(
+                {
+                    "method": row["method"],
+                    "length": n,
+                    "prefill_s": seconds,
+                    "peak_mib": mib,
+                    "prefill_ratio": seconds / base["prefill_s"][str(n)],
+                    "peak_ratio": mib / max(base["peak_mib"][str(n)], 1),
+                }
+            )
     return points
 
 
 def sweep_markdown(points: list[dict]) -> str:
     lines = ["| method | length | prefill s (ratio) | peak MiB (ratio) |", "|---|---|---|---|"]
-    lines += [f"| {p['method']} | {p['length']} | {p['prefill_s']:.2f} ({p['prefill_ratio']:.2f}x) "
-              f"| {p['peak_mib']:.0f} ({p['peak_ratio']:.2f}x) |" for p in points]
+    lines += [
+        f"| {p['method']} | {p['length']} | {p['prefill_s']:.2f} ({p['prefill_ratio']:.2f}x) "
+        f"| {p['peak_mib']:.0f} ({p['peak_ratio']:.2f}x) |"
+        for p in points
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -226,7 +270,9 @@ def sweep_plot(points: list[dict], title: str, path: Path) -> Path:
     fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4.2))
     methods = list(dict.fromkeys(p["method"] for p in points))
     lengths = sorted({p["length"] for p in points})
-    for ax, key, label in zip(axes, ("prefill_s", "peak_mib"), ("prefill time (s)", "peak memory above the model (MiB)")):
+    for ax, key, label in zip(
+        axes, ("prefill_s", "peak_mib"), ("prefill time (s)", "peak memory above the model (MiB)")
+    ):
         for method in methods:
             mine = [p for p in points if p["method"] == method]
             style = {"color": "black", "linestyle": "--", "linewidth": 2} if method == "unpatched" else {}
@@ -259,28 +305,54 @@ def write_sweep(rows: list[dict], lengths: list[int], out: Path, setup: str) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="8192,16384")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help="comma-separated; parameters after @, joined by +: lm-infinite@window=4096+top_k=5")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every method this many times, round-robin, and keep each one's fastest times")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated; parameters after @, joined by +: lm-infinite@window=4096+top_k=5",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every method this many times, round-robin, and keep each one's fastest times",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--decode-steps", type=int, default=8)
     parser.add_argument("--real", action="store_true", help="use the SmolLM2-135M-Instruct checkpoint")
-    parser.add_argument("--decode-only", action="store_true",
-                        help="no prefill: decode with a random cache as long as the longest length")
+    parser.add_argument(
+        "--decode-only",
+        action="store_true",
+        help="no prefill: decode with a random cache as long as the longest length",
+    )
     parser.add_argument("--layers", type=int, default=30, help="decoder layers of the random model (default 30)")
     parser.add_argument("--sweep", metavar="LENGTHS", help="prefill time and peak memory at these lengths, no decode")
-    parser.add_argument("--out", type=Path, default=Path("docs/attention-cost"),
-                        help="where --sweep writes OUT.png, OUT.json, OUT.md (default docs/attention-cost)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/attention-cost"),
+        help="where --sweep writes OUT.png, OUT.json, OUT.md (default docs/attention-cost)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sweep and args.decode_only:
         parser.error("--sweep measures prefills only; --decode-only measures decoding only")
     if args.one:
         lengths = [int(n) for n in args.lengths.split(",")]
-        print(json.dumps(measure(args.one, lengths, args.device, args.dtype, args.decode_steps, args.real,
-                                 args.layers, args.decode_only)))
+        print(
+            json.dumps(
+                measure(
+                    args.one,
+                    lengths,
+                    args.device,
+                    args.dtype,
+                    args.decode_steps,
+                    args.real,
+                    args.layers,
+                    args.decode_only,
+                )
+            )
+        )
         return
     methods = args.methods.split(",")
     if args.sweep:
@@ -297,8 +369,10 @@ def main() -> None:
     if not args.sweep:
         print(ratio_table(rows, lengths))
         return
-    setup = (f"{args.device}, {args.dtype}, {rows[0]['threads']} thread(s), {args.layers} layers, "
-             f"{'real' if args.real else 'random'} weights, fastest of {args.rounds} round(s)")
+    setup = (
+        f"{args.device}, {args.dtype}, {rows[0]['threads']} thread(s), {args.layers} layers, "
+        f"{'real' if args.real else 'random'} weights, fastest of {args.rounds} round(s)"
+    )
     for path in write_sweep(rows, lengths, args.out, setup):
         print(path)
 

@@ -27,19 +27,29 @@ def main() -> None:
         (passkey if r["task"] == "passkey" else ppl)[r["method"], r["length"]].append(r)
     methods = list(dict.fromkeys(r["method"] for r in records))
     lengths = sorted({r["length"] for r in records})
-    print("| method | " + " | ".join(f"passkey {format_length(L)}" for L in lengths) + " | "
-          + " | ".join(f"ppl {format_length(L)}" for L in lengths) + " |")
+    print(
+        "| method | "
+        + " | ".join(f"passkey {format_length(L)}" for L in lengths)
+        + " | "
+        + " | ".join(f"ppl {format_length(L)}" for L in lengths)
+        + " |"
+    )
     print("|---" * (1 + 2 * len(lengths)) + "|")
     for m in methods:
         cells = []
         for L in lengths:
             rs = sorted(passkey[m, L], key=lambda r: r["depth"])
             missed = [f"{r['depth']:.0%}" for r in rs if not r["correct"]]
-            cells.append(f"{sum(r['correct'] for r in rs)}/{len(rs)}" + (f" (missed {', '.join(missed)})" if missed else "")
-                         if rs else "-")
+            cells.append(
+                f"{sum(r['correct'] for r in rs)}/{len(rs)}" + (f" (missed {', '.join(missed)})" if missed else "")
+                if rs
+                else "-"
+            )
         for L in lengths:
             ws = ppl[m, L]
-            cells.append(f"{math.exp(sum(w['nll_sum'] for w in ws) / sum(w['n_scored'] for w in ws)):.2f}" if ws else "-")
+            cells.append(
+                f"{math.exp(sum(w['nll_sum'] for w in ws) / sum(w['n_scored'] for w in ws)):.2f}" if ws else "-"
+            )
         print(f"| {m} | " + " | ".join(cells) + " |")
 
 

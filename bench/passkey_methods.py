@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each gives one key per depth")
     parser.add_argument("--methods", default=",".join(ctxext.list_methods()))
     parser.add_argument("--no-baseline", action="store_true", help="skip the unpatched model")
-    parser.add_argument("--params", default="{}", help='JSON {method: {parameter: value}} on top of the defaults')
+    parser.add_argument("--params", default="{}", help="JSON {method: {parameter: value}} on top of the defaults")
     parser.add_argument("--records", type=Path, help="JSON-lines file of every answer (appended; resumes)")
     parser.add_argument("--model", help="a .gguf file or model directory (default: the embedded SmolLM2)")
     parser.add_argument("--device", default="cpu")
@@ -69,10 +69,22 @@ def main() -> None:
             start = time.perf_counter()
             results = run_passkey(model, tokenizer, args.length, depths, seed=seed)
             seconds = time.perf_counter() - start
-            new = [{"method": method, "params": params.get(method, {}), "factor": args.factor, "length": args.length,
-                    "seed": seed, "depth": r.depth, "n_tokens": r.n_tokens, "expected": r.expected,
-                    "generated": r.generated, "correct": r.correct, "seconds": seconds / len(results)}
-                   for r in results]
+            new = [
+                {
+                    "method": method,
+                    "params": params.get(method, {}),
+                    "factor": args.factor,
+                    "length": args.length,
+                    "seed": seed,
+                    "depth": r.depth,
+                    "n_tokens": r.n_tokens,
+                    "expected": r.expected,
+                    "generated": r.generated,
+                    "correct": r.correct,
+                    "seconds": seconds / len(results),
+                }
+                for r in results
+            ]
             records += new
             if args.records is not None:
                 with args.records.open("a") as handle:
@@ -84,7 +96,10 @@ def main() -> None:
     for method, results in rows:
         missed = ", ".join(f"{r['depth']:.0%}" for r in results if not r["correct"]) or "-"
         seconds = sum(r["seconds"] for r in results)
-        print(f"| {method} | {sum(r['correct'] for r in results)}/{len(results)} | {missed} | {seconds / base_time:.2f}x |")
+        print(
+            f"| {method} | {sum(r['correct'] for r in results)}/{len(results)} | {missed} "
+            f"| {seconds / base_time:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def parse_queue(text: str) -> list[tuple[str, int, list[str], int]]:
             continue
         parts = line.split()
         if len(parts) != 4 or parts[0] not in ROWS:
-            raise SystemExit(f"queue line {number}: want 'ROW LENGTH TASKS PROMPTS' with ROW in {sorted(ROWS)}: {line!r}")
+            raise SystemExit(
+                f"queue line {number}: want 'ROW LENGTH TASKS PROMPTS' with ROW in {sorted(ROWS)}: {line!r}"
+            )
         (length,) = parse_lengths(parts[1])
         cells.append((parts[0], length, parts[2].split(","), int(parts[3])))
     return cells
@@ -138,8 +140,13 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "records.jsonl"
     done = {(r["row"], r["task"], r["length"], r["sample"]) for r in read_records(out)}
-    todo = [(row, length, task, i) for row, length, tasks, n in cells for task in tasks for i in range(n)
-            if (row, task, length, i) not in done]
+    todo = [
+        (row, length, task, i)
+        for row, length, tasks, n in cells
+        for task in tasks
+        for i in range(n)
+        if (row, task, length, i) not in done
+    ]
     if not todo:
         print("nothing to do: every cell of the queue is in", log)
         return
@@ -161,11 +168,27 @@ def run(args) -> None:
             with PeakMemory(args.device) as memory:
                 generated, n_tokens = greedy_generate(model, tokenizer, sample.prompt, sample.max_new_tokens)
             value = score(sample.metric, generated, sample.references)
-            f.write(json.dumps({
-                "row": row, **applied, "task": task, "length": length, "sample": index, "depth": sample.depth,
-                "n_tokens": n_tokens, "expected": sample.references, "generated": generated, "score": value,
-                "seconds": round(time.perf_counter() - start, 3), "peak_mib": round(memory.peak, 1),
-                "dtype": args.dtype, "device": args.device}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "row": row,
+                        **applied,
+                        "task": task,
+                        "length": length,
+                        "sample": index,
+                        "depth": sample.depth,
+                        "n_tokens": n_tokens,
+                        "expected": sample.references,
+                        "generated": generated,
+                        "score": value,
+                        "seconds": round(time.perf_counter() - start, 3),
+                        "peak_mib": round(memory.peak, 1),
+                        "dtype": args.dtype,
+                        "device": args.device,
+                    }
+                )
+                + "\n"
+            )
             f.flush()
             bar.update()
 
@@ -228,8 +251,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    p.add_argument("--deadline-minutes", type=float, default=0,
-                   help="stop starting prompts after this many minutes (0: no deadline); a rerun resumes")
+    p.add_argument(
+        "--deadline-minutes",
+        type=float,
+        default=0,
+        help="stop starting prompts after this many minutes (0: no deadline); a rerun resumes",
+    )
     p.set_defaults(func=run)
     t = sub.add_parser("table", help="markdown table of one or more runs")
     t.add_argument("runs", nargs="+", type=Path)

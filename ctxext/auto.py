@@ -87,14 +87,22 @@ def write_cached(model: str | Path, directory: str | Path, target_length: int, d
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, data, indent=1)
     except OSError as exc:
-        raise CtxextError(f"{path.parent}: cannot write the tune cache there ({exc.strerror or exc}); "
-                          "set CTXEXT_CACHE to a writable folder") from None
+        raise CtxextError(
+            f"{path.parent}: cannot write the tune cache there ({exc.strerror or exc}); "
+            "set CTXEXT_CACHE to a writable folder"
+        ) from None
     return path
 
 
-def resolve(model: str | Path | None, directory: str | Path | None, target_length: int, *,
-            config_only: bool = False, own_temperature: bool = False, params: dict | None = None,
-            ) -> tuple[str, dict, dict]:
+def resolve(
+    model: str | Path | None,
+    directory: str | Path | None,
+    target_length: int,
+    *,
+    config_only: bool = False,
+    own_temperature: bool = False,
+    params: dict | None = None,
+) -> tuple[str, dict, dict]:
     """(method, params, note) for ``auto``: the cached tune winner, else the rule. Every entry point
     (``extend``, ``patch``, ``eval``) resolves ``auto`` here. ``note`` is what the patch record keeps:
     {"chose": method, "params": ..., "reason": ...}. ``own_temperature``: the model's rope already
@@ -110,16 +118,33 @@ def resolve(model: str | Path | None, directory: str | Path | None, target_lengt
             winner = config_only_winner if use_config_only else cached["winner"]
             method, params = winner["method"], dict(winner.get("params") or {})
             which = "its best config-only candidate, " if use_config_only else ""
-            return method, params, {"chose": method, "params": params,
-                                    "reason": f"ctxext tune result for {target_length} tokens ({which}"
-                                              f"{cache_path(model, directory, target_length)})"}
+            return (
+                method,
+                params,
+                {
+                    "chose": method,
+                    "params": params,
+                    "reason": f"ctxext tune result for {target_length} tokens ({which}"
+                    f"{cache_path(model, directory, target_length)})",
+                },
+            )
     method, params = RULE_CONFIG_ONLY if config_only else RULE_LOADED
     params = dict(params)
-    why = ("config-only patch: stock engines load yarn" if config_only
-           else "runs through ctxext: ReRoPE with log-n scaling, the best passkey retrieval measured at 2x")
+    why = (
+        "config-only patch: stock engines load yarn"
+        if config_only
+        else "runs through ctxext: ReRoPE with log-n scaling, the best passkey retrieval measured at 2x"
+    )
     if not config_only and own_temperature:
         params["log_scaling"] = False
         why += "; without log-n scaling, which would stack on the rope's own attention factor"
 
-    return method, params, {"chose": method, "params": params,
-                            "reason": f"no ctxext tune result cached; rule ({why}; evidence: {EVIDENCE})"}
+    return (
+        method,
+        params,
+        {
+            "chose": method,
+            "params": params,
+            "reason": f"no ctxext tune result cached; rule ({why}; evidence: {EVIDENCE})",
+        },
+    )

@@ -115,11 +115,20 @@ def _transformers5(config: dict[str, Any], kind: str, method: str | None) -> Eng
     rope_type = _rope_type(params)
     theta = float((params or {}).get("rope_theta", config.get("rope_theta", DEFAULT_THETA)))
     if rope_type.startswith("ctxext_"):
-        return EngineView("transformers-5", False, None, None, theta, None, False,
-                          f"stock transformers has no rope type '{rope_type}'")
+        return EngineView(
+            "transformers-5",
+            False,
+            None,
+            None,
+            theta,
+            None,
+            False,
+            f"stock transformers has no rope type '{rope_type}'",
+        )
     if kind == "attention":
-        return EngineView("transformers-5", True, rope_type, _factor(params), theta, None, False,
-                          _attention_note(method))
+        return EngineView(
+            "transformers-5", True, rope_type, _factor(params), theta, None, False, _attention_note(method)
+        )
     return EngineView("transformers-5", True, rope_type, _factor(params), theta, None, kind == "rope")
 
 
@@ -128,17 +137,24 @@ def _transformers4(config: dict[str, Any], t5: EngineView, kind: str, method: st
     rope_type = _rope_type(params)
     theta = float(config.get("rope_theta", DEFAULT_THETA))
     if rope_type.startswith("ctxext_"):
-        return EngineView("transformers-4", False, None, None, theta, None, False,
-                          f"transformers 4.x has no rope type '{rope_type}'")
+        return EngineView(
+            "transformers-4", False, None, None, theta, None, False, f"transformers 4.x has no rope type '{rope_type}'"
+        )
     factor = _factor(params) if rope_type != "default" else None
-    same = t5.loads and rope_type == t5.rope_type and _same(factor, t5.factor if rope_type != "default" else None) \
+    same = (
+        t5.loads
+        and rope_type == t5.rope_type
+        and _same(factor, t5.factor if rope_type != "default" else None)
         and _same(theta, t5.rope_theta)
+    )
     if kind == "attention":
         note = _attention_note(method)
     elif kind == "rope" and not same:
         wanted = t5.rope_type if t5.loads else "ctxext's own rope"
-        note = (f"transformers 4.x reads rope_scaling/rope_theta only: it loads rope '{rope_type}' "
-                f"(theta {theta:g}) instead of '{wanted}', silently")
+        note = (
+            f"transformers 4.x reads rope_scaling/rope_theta only: it loads rope '{rope_type}' "
+            f"(theta {theta:g}) instead of '{wanted}', silently"
+        )
     else:
         note = ""
     return EngineView("transformers-4", True, rope_type, factor, theta, None, kind == "rope" and same, note)
@@ -150,8 +166,16 @@ def _served(config: dict[str, Any], t5: EngineView, kind: str, method: str | Non
     rope_type = _rope_type(params)
     theta = float((params or {}).get("rope_theta", config.get("rope_theta", DEFAULT_THETA)))
     if rope_type not in VLLM_ROPE_TYPES:
-        return EngineView(engine, False, None, None, theta, None, False,
-                          f"{name} has no rope type '{rope_type}' and refuses to load it")
+        return EngineView(
+            engine,
+            False,
+            None,
+            None,
+            theta,
+            None,
+            False,
+            f"{name} has no rope type '{rope_type}' and refuses to load it",
+        )
     length = float(config.get("max_position_embeddings") or 2048)
     factor = _factor(params)
     if rope_type not in ("longrope", "llama3") and "gemma3" not in str(config.get("model_type", "")):
@@ -160,21 +184,32 @@ def _served(config: dict[str, Any], t5: EngineView, kind: str, method: str | Non
         length *= factor if factor is not None else 1.0
     max_length = int(length)
     note = ""
-    extended = kind == "rope" and t5.loads and rope_type == t5.rope_type and _same(theta, t5.rope_theta) \
+    extended = (
+        kind == "rope"
+        and t5.loads
+        and rope_type == t5.rope_type
+        and _same(theta, t5.rope_theta)
         and _same(factor, t5.factor)
+    )
     if kind == "attention" and engine == "sglang" and _serves_own_dca(config):
         extended = True
-        note = ("served by SGLang's own Dual Chunk Attention (dual_chunk_attention_config), the Qwen2.5-1M "
-                "implementation: its rotary table places inter-chunk queries at (i mod s) + c, ctxext's at c")
+        note = (
+            "served by SGLang's own Dual Chunk Attention (dual_chunk_attention_config), the Qwen2.5-1M "
+            "implementation: its rotary table places inter-chunk queries at (i mod s) + c, ctxext's at c"
+        )
     elif kind == "attention":
         note = _attention_note(method)
         if engine == "sglang" and method == "dca" and config.get("model_type") in DCA_MODEL_TYPES:
-            note += ("; SGLang's own DCA for Qwen2/Qwen3 takes a dual_chunk_attention_config "
-                     "(chunk_size, local_size): patch with --engine-config sglang")
+            note += (
+                "; SGLang's own DCA for Qwen2/Qwen3 takes a dual_chunk_attention_config "
+                "(chunk_size, local_size): patch with --engine-config sglang"
+            )
     elif rope_type == "dynamic":
         extended = False
-        note = (f"{name}'s 'dynamic' is a fixed NTK base for max_position_embeddings x factor = {max_length} "
-                "tokens, not the length-dependent one; use --method ntk (or yarn) for it")
+        note = (
+            f"{name}'s 'dynamic' is a fixed NTK base for max_position_embeddings x factor = {max_length} "
+            "tokens, not the length-dependent one; use --method ntk (or yarn) for it"
+        )
     return EngineView(engine, True, rope_type, factor, theta, max_length, extended, note)
 
 
@@ -191,13 +226,15 @@ def sglang_dual_chunk_config(config_json: dict[str, Any]) -> dict[str, int]:
         raise CtxextError("--engine-config sglang writes SGLang's Dual Chunk Attention config: it needs --method dca")
     model_type = config_json.get("model_type")
     if model_type not in DCA_MODEL_TYPES:
-        raise CtxextError(f"SGLang serves Dual Chunk Attention for {', '.join(DCA_MODEL_TYPES)} models only, "
-                          f"not {model_type!r}")
+        raise CtxextError(
+            f"SGLang serves Dual Chunk Attention for {', '.join(DCA_MODEL_TYPES)} models only, not {model_type!r}"
+        )
     params = record.get("params") or {}
     extra = [name for name in ("temperature", "log_scaling") if params.get(name)]
     if extra:
-        raise CtxextError(f"SGLang's Dual Chunk Attention has no {' or '.join(extra)}: leave it off with "
-                          "--engine-config sglang")
+        raise CtxextError(
+            f"SGLang's Dual Chunk Attention has no {' or '.join(extra)}: leave it off with --engine-config sglang"
+        )
     chunk, local = chunk_sizes(params.get("chunk_size"), params.get("local_window"), record["original_length"])
     return {"chunk_size": chunk, "local_size": local, "original_max_position_embeddings": record["original_length"]}
 
@@ -230,7 +267,9 @@ def serve_commands(config_json: dict[str, Any], path: str | Path) -> list[str]:
     for engine, name in (("vllm", "vLLM"), ("sglang", "SGLang")):
         view = views[engine]
         if not view.extended:
-            lines.append(f"{name}: cannot serve the extension: {view.note or 'the rope it reads is not the patched one'}")
+            lines.append(
+                f"{name}: cannot serve the extension: {view.note or 'the rope it reads is not the patched one'}"
+            )
             continue
         if engine == "vllm":
             env = "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 " if target > view.max_length else ""

@@ -125,8 +125,9 @@ def exclusive(directory: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CtxextError(f"{directory}: another ctxext command is writing here; "
-                              "try again when it has finished") from None
+            raise CtxextError(
+                f"{directory}: another ctxext command is writing here; try again when it has finished"
+            ) from None
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -62,12 +62,15 @@ def read_backup(directory: Path, record: ExtensionRecord) -> tuple[bytes, dict[s
     except CtxextError as exc:
         raise CtxextError(f"{exc}; it is not a usable original, config.json left as it is") from None
     if "ctxext" in data:
-        raise CtxextError(f"{path} carries a ctxext record: it is a patched config, not the original; "
-                          "config.json left as it is")
+        raise CtxextError(
+            f"{path} carries a ctxext record: it is a patched config, not the original; config.json left as it is"
+        )
     for name, value in _comparable(record.replaced).items():
         if name in data and data[name] != value:
-            raise CtxextError(f"{path} does not match the patch record ({name} {data[name]!r}, the record says "
-                              f"{value!r}); config.json left as it is")
+            raise CtxextError(
+                f"{path} does not match the patch record ({name} {data[name]!r}, the record says "
+                f"{value!r}); config.json left as it is"
+            )
     return raw, data
 
 
@@ -90,4 +93,3 @@ def unpatch_config(directory: Path, record: ExtensionRecord) -> str:
     _, data = read_config_json(directory)
     atomic_write(directory / CONFIG, json_bytes(recorded_original(data, record), sort_keys=True))
     return f"no {BACKUP} found: wrote the recorded original rope fields back"
-

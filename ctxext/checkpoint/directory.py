@@ -57,8 +57,16 @@ def patch_directory(
     config, saved = unpatched_config(directory)
     if saved and not replace:
         raise CtxextError(f"{directory} is already patched with '{saved.method}'; use --replace or 'ctxext unpatch'")
-    plan = plan_fresh(config, method, factor=factor, target_length=target_length, original_length=original_length,
-                          rope_layer_types=rope_layer_types, replace_native_scaling=replace, params=params)
+    plan = plan_fresh(
+        config,
+        method,
+        factor=factor,
+        target_length=target_length,
+        original_length=original_length,
+        rope_layer_types=rope_layer_types,
+        replace_native_scaling=replace,
+        params=params,
+    )
     original_raw, original = raw, data
     if saved and (directory / BACKUP).exists():
         original_raw, original = read_backup(directory, saved)
@@ -74,8 +82,9 @@ def patch_directory(
     if dry_run:
         before = json.dumps(data, indent=2, sort_keys=True).splitlines()
         after = json.dumps(patched, indent=2, sort_keys=True).splitlines()
-        result.diff = "\n".join(difflib.unified_diff(before, after, "config.json", "config.json (patched)",
-                                                     lineterm=""))
+        result.diff = "\n".join(
+            difflib.unified_diff(before, after, "config.json", "config.json (patched)", lineterm="")
+        )
         return result
     if output is not None:
         output = Path(output)
@@ -116,34 +125,39 @@ def recordable_config(model: str | Path) -> tuple[Path, bytes]:
     """
     location = resolve_model_path(model)
     if location.gguf_file is not None:
-        raise CtxextError(f"{model}: a GGUF file is never rewritten in place, so it cannot record an effective "
-                          "length; probe a patched model directory, or keep the length from probe.json")
+        raise CtxextError(
+            f"{model}: a GGUF file is never rewritten in place, so it cannot record an effective "
+            "length; probe a patched model directory, or keep the length from probe.json"
+        )
     directory = location.directory
     raw, data = read_config_json(directory)
     if ExtensionRecord.of(data) is None:
-        raise CtxextError(f"{directory}: config.json carries no ctxext patch to record the effective length in "
-                          "(it is kept only with a patch; the probe's probe.json has it)")
+        raise CtxextError(
+            f"{directory}: config.json carries no ctxext patch to record the effective length in "
+            "(it is kept only with a patch; the probe's probe.json has it)"
+        )
     check_writable(directory)
     return directory, raw
 
 
-def record_effective_length(model: str | Path, effective_length: int | None, *,
-                            expected: bytes | None = None) -> Path:
+def record_effective_length(model: str | Path, effective_length: int | None, *, expected: bytes | None = None) -> Path:
     """Store ``effective_length`` (None: not known) in a patched directory's record; returns config.json's path.
 
     Only the record's ``effective_length`` changes, written atomically with the other patch writes'
     writer. ``expected``: config.json as it was when the measurement started; if it changed since,
     nothing is written (the length would belong to another config).
     """
-    if effective_length is not None and (isinstance(effective_length, bool) or not isinstance(effective_length, int)
-                                         or effective_length < 1):
+    if effective_length is not None and (
+        isinstance(effective_length, bool) or not isinstance(effective_length, int) or effective_length < 1
+    ):
         raise CtxextError(f"an effective length is a positive whole number of tokens, got {effective_length!r}")
     directory, raw = recordable_config(model)
     with exclusive(directory):
         raw, data = read_config_json(directory)
         if expected is not None and raw != expected:
-            raise CtxextError(f"{directory / 'config.json'} changed while the model was probed; "
-                              "effective length not recorded")
+            raise CtxextError(
+                f"{directory / 'config.json'} changed while the model was probed; effective length not recorded"
+            )
         record = ExtensionRecord.of(data)
         record.effective_length = effective_length
         write_patched_config(directory, None, {**data, "ctxext": record.to_dict()})

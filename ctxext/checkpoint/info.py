@@ -33,23 +33,34 @@ def describe(model: str | Path) -> list[tuple[str, str]]:
     kv_heads = getattr(tconfig, "num_key_value_heads", None) or tconfig.num_attention_heads
     rows = [
         ("model", str(location.directory / (location.gguf_file or ""))),
-        ("architecture", f"{', '.join(getattr(config, 'architectures', None) or []) or '?'} "
-                         f"(model_type {setup.model_type})"),
-        ("layers", f"{tconfig.num_hidden_layers}, heads {tconfig.num_attention_heads}, kv heads {kv_heads}, "
-                   f"head_dim {setup.head_dim}"),
+        (
+            "architecture",
+            f"{', '.join(getattr(config, 'architectures', None) or []) or '?'} (model_type {setup.model_type})",
+        ),
+        (
+            "layers",
+            f"{tconfig.num_hidden_layers}, heads {tconfig.num_attention_heads}, kv heads {kv_heads}, "
+            f"head_dim {setup.head_dim}",
+        ),
     ]
     for layer_type, params in setup.parameters.items():
         extra = {k: v for k, v in params.items() if k not in ("rope_type", "rope_theta")}
-        rows.append((f"rope[{layer_type}]" if layer_type else "rope",
-                     f"type {params.get('rope_type', 'default')}, theta {params.get('rope_theta')}, "
-                     f"rotary dim {setup.rotary_dim(layer_type)}" + (f", {json.dumps(extra)}" if extra else "")))
+        rows.append(
+            (
+                f"rope[{layer_type}]" if layer_type else "rope",
+                f"type {params.get('rope_type', 'default')}, theta {params.get('rope_theta')}, "
+                f"rotary dim {setup.rotary_dim(layer_type)}" + (f", {json.dumps(extra)}" if extra else ""),
+            )
+        )
     if record is None:
         return rows + [("native length", str(setup.native_length)), ("ctxext patch", "none")]
     rows += [
         ("native length", str(record.original_length)),
         ("extended length", str(record.target_length)),
-        ("ctxext patch", f"{record.method} x{record.factor:g}, params {json.dumps(record.params)}, "
-                         f"ctxext {record.version}"),
+        (
+            "ctxext patch",
+            f"{record.method} x{record.factor:g}, params {json.dumps(record.params)}, ctxext {record.version}",
+        ),
     ]
     if record.effective_length is not None:
         rows.append(("effective length", f"{record.effective_length} (measured by ctxext probe)"))

@@ -35,8 +35,9 @@ def patch(
     """Patch a model directory (``patch_directory``) or a GGUF file (``patch_gguf``) on disk.
 
     ``options`` are the lengths, ``replace``, ``rope_layer_types`` and the method's parameters,
-    as for ``patch_directory``; ``engine_config`` too (directories only). A GGUF file goes to ``output``: a new .gguf (metadata patched,
-    tensors kept) or a new directory (de-quantized safetensors).
+    as for ``patch_directory``; ``engine_config`` too (directories only). A GGUF file goes to
+    ``output``: a new .gguf (metadata patched, tensors kept) or a new directory (de-quantized
+    safetensors).
     """
     if is_auto(method):
         if engine_config is not None:
@@ -45,24 +46,33 @@ def patch(
     location = resolve_model_path(model)
     if location.gguf_file is None:
         if output is not None and _is_gguf_name(output):
-            raise CtxextError(f"{output}: a model directory is patched into a directory; converting it to GGUF "
-                              "is llama.cpp's convert_hf_to_gguf.py, then patch that .gguf")
-        return patch_directory(location.directory, method, output=output, dry_run=dry_run,
-                               engine_config=engine_config, **options)
+            raise CtxextError(
+                f"{output}: a model directory is patched into a directory; converting it to GGUF "
+                "is llama.cpp's convert_hf_to_gguf.py, then patch that .gguf"
+            )
+        return patch_directory(
+            location.directory, method, output=output, dry_run=dry_run, engine_config=engine_config, **options
+        )
     if engine_config is not None:
-        raise CtxextError("--engine-config writes an engine's section of config.json: it applies to model "
-                          "directories, not GGUF files")
+        raise CtxextError(
+            "--engine-config writes an engine's section of config.json: it applies to model directories, not GGUF files"
+        )
     if output is None:
-        raise CtxextError("a GGUF file is never patched in place: give an output, a new .gguf file (metadata "
-                          "patched, tensors kept) or a new directory (de-quantized safetensors)")
+        raise CtxextError(
+            "a GGUF file is never patched in place: give an output, a new .gguf file (metadata "
+            "patched, tensors kept) or a new directory (de-quantized safetensors)"
+        )
     if dry_run and not _is_gguf_name(output):
-        raise CtxextError("a dry run of a GGUF file needs a .gguf output (it shows the metadata diff); "
-                          "the safetensors export cannot be dry-run")
+        raise CtxextError(
+            "a dry run of a GGUF file needs a .gguf output (it shows the metadata diff); "
+            "the safetensors export cannot be dry-run"
+        )
     return patch_gguf(model, output, method, dtype=dtype, dry_run=dry_run, **options)
 
 
-def patch_gguf(gguf: str | Path, output: str | Path, method: str, *, dtype: str = "float32",
-               dry_run: bool = False, **options: Any) -> PatchResult:
+def patch_gguf(
+    gguf: str | Path, output: str | Path, method: str, *, dtype: str = "float32", dry_run: bool = False, **options: Any
+) -> PatchResult:
     """Extend a GGUF checkpoint into ``output``: a new .gguf file, or else a new safetensors directory.
 
     An ``output`` ending in .gguf gets the input's tensors byte for byte (quantization kept) and
@@ -88,8 +98,9 @@ def patch_gguf(gguf: str | Path, output: str | Path, method: str, *, dtype: str 
     ensure_new_output(output)
     config = AutoConfig.from_pretrained(location.directory, gguf_file=location.gguf_file)
     _check_options(config, method, **options)  # bad options fail before the weights load
-    model = AutoModelForCausalLM.from_pretrained(location.directory, gguf_file=location.gguf_file,
-                                                 dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        location.directory, gguf_file=location.gguf_file, dtype=getattr(torch, dtype)
+    )
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         if getattr(quantizer, "packed_modules", None):
@@ -108,36 +119,44 @@ def _is_gguf_name(output: str | Path) -> bool:
     return Path(output).suffix.lower() == ".gguf"
 
 
-def _patch_gguf_file(gguf: str | Path, output: str | Path, method: str, *, dtype: str, dry_run: bool,
-                     **options: Any) -> PatchResult:
+def _patch_gguf_file(
+    gguf: str | Path, output: str | Path, method: str, *, dtype: str, dry_run: bool, **options: Any
+) -> PatchResult:
     from .gguf.writer import export_gguf
 
     location = resolve_model_path(gguf)
     if location.gguf_file is None:
         raise CtxextError(f"{gguf}: not a .gguf file")
     if dtype != "float32":
-        raise CtxextError(f"dtype {dtype} is for the safetensors export; a .gguf output keeps the file's tensors as "
-                          "they are")
+        raise CtxextError(
+            f"dtype {dtype} is for the safetensors export; a .gguf output keeps the file's tensors as they are"
+        )
     exported, diff = export_gguf(location.directory / location.gguf_file, output, method, dry_run=dry_run, **options)
-    return PatchResult(Path(output), exported.plan.record, exported.stock_loadable, diff=diff,
-                       serve_command=exported.serve_command)
+    return PatchResult(
+        Path(output), exported.plan.record, exported.stock_loadable, diff=diff, serve_command=exported.serve_command
+    )
 
 
 def _patch_auto(model: str | Path, *, output, dry_run: bool, dtype: str, **options: Any) -> PatchResult:
     """``patch(..., "auto")``: the cached ``ctxext tune`` winner for this checkpoint and target length, else
     yarn (config-only patches are for stock engines); the choice goes into the record's ``auto`` field
     (a patched directory's config.json; a .gguf output keeps it only in the returned record)."""
-    params = {k: v for k, v in options.items()
-              if k not in ("factor", "target_length", "original_length", "replace", "rope_layer_types")}
+    params = {
+        k: v
+        for k, v in options.items()
+        if k not in ("factor", "target_length", "original_length", "replace", "rope_layer_types")
+    }
     location = resolve_model_path(model)
     target = options.get("target_length")
     if target is None and location.gguf_file is None and options.get("factor") is not None:
         from ..core.plan import auto_target
 
-        target = auto_target(unpatched_config(location.directory)[0], options.get("factor"), None,
-                             options.get("original_length"))
-    method, chosen, note = resolve(model if target else None, location.directory, target or 0, config_only=True,
-                                   params=params)
+        target = auto_target(
+            unpatched_config(location.directory)[0], options.get("factor"), None, options.get("original_length")
+        )
+    method, chosen, note = resolve(
+        model if target else None, location.directory, target or 0, config_only=True, params=params
+    )
     result = patch(model, method, output=output, dry_run=dry_run, dtype=dtype, **options, **chosen)
     result.record.auto = note
     if not dry_run and result.path.is_dir() and (result.path / "config.json").is_file():
@@ -147,8 +166,25 @@ def _patch_auto(model: str | Path, *, output, dry_run: bool, dtype: str, **optio
     return result
 
 
-def _check_options(config, method: str, *, factor=None, target_length=None, original_length=None, replace=False,
-                   rope_layer_types=None, **params) -> None:
+def _check_options(
+    config,
+    method: str,
+    *,
+    factor=None,
+    target_length=None,
+    original_length=None,
+    replace=False,
+    rope_layer_types=None,
+    **params,
+) -> None:
     """``patch_gguf``'s keyword options checked on the config alone, as ``extend`` will plan them."""
-    plan_extension(config, method, factor=factor, target_length=target_length, original_length=original_length,
-                      replace=replace, rope_layer_types=rope_layer_types, params=params)
+    plan_extension(
+        config,
+        method,
+        factor=factor,
+        target_length=target_length,
+        original_length=original_length,
+        replace=replace,
+        rope_layer_types=rope_layer_types,
+        params=params,
+    )

@@ -13,12 +13,19 @@ HELP = "before/after evaluation: passkey, RULER-style suite, perplexity, lm-eval
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_model(p)
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--method", help="extension method compared with the unpatched model (auto: the cached "
-                       "'ctxext tune' winner, else the rule in ctxext/auto.py)")
+    which.add_argument(
+        "--method",
+        help="extension method compared with the unpatched model (auto: the cached "
+        "'ctxext tune' winner, else the rule in ctxext/auto.py)",
+    )
     which.add_argument("--methods", help="comma-separated methods, side by side on the same prompts")
     options.add_lengths(p, required=False, original=False)
-    p.add_argument("--tasks", default="passkey", help="comma-separated: passkey, ruler, ruler-synthetic, ppl, "
-                   "or single RULER-style tasks (niah_single_1, vt, cwe, ...) (default passkey)")
+    p.add_argument(
+        "--tasks",
+        default="passkey",
+        help="comma-separated: passkey, ruler, ruler-synthetic, ppl, "
+        "or single RULER-style tasks (niah_single_1, vt, cwe, ...) (default passkey)",
+    )
     p.add_argument("--lengths", default="4k", help="comma-separated prompt lengths / ppl windows, e.g. 4k,8k,16k")
     p.add_argument("--samples", type=int, default=5, help="samples per task and length (default 5)")
     options.add_depths(p, allow_random=True)
@@ -44,12 +51,27 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.tasks import expand_tasks
 
     config = EvalConfig(
-        model=args.model, out=args.out, methods=options.split_list(args.methods or args.method), factor=args.factor,
-        target_length=args.target_length, params=options.method_params(args), tasks=expand_tasks(args.tasks),
-        lengths=parse_lengths(args.lengths), samples=args.samples, depths=options.parse_depths(args.depths),
-        seed=args.seed, dtype=args.dtype, device=args.device, replace=args.replace, ppl_stride=args.ppl_stride,
-        ppl_windows=args.ppl_windows, ppl_bucket=args.ppl_bucket, text_file=args.text_file,
-        text_dataset=args.text_dataset, threshold=args.threshold, lm_eval_tasks=options.split_list(args.lm_eval_tasks),
+        model=args.model,
+        out=args.out,
+        methods=options.split_list(args.methods or args.method),
+        factor=args.factor,
+        target_length=args.target_length,
+        params=options.method_params(args),
+        tasks=expand_tasks(args.tasks),
+        lengths=parse_lengths(args.lengths),
+        samples=args.samples,
+        depths=options.parse_depths(args.depths),
+        seed=args.seed,
+        dtype=args.dtype,
+        device=args.device,
+        replace=args.replace,
+        ppl_stride=args.ppl_stride,
+        ppl_windows=args.ppl_windows,
+        ppl_bucket=args.ppl_bucket,
+        text_file=args.text_file,
+        text_dataset=args.text_dataset,
+        threshold=args.threshold,
+        lm_eval_tasks=options.split_list(args.lm_eval_tasks),
         lm_eval_limit=args.lm_eval_limit,
     )
     run(config)

@@ -28,8 +28,9 @@ def parse_numbers(text: str) -> list[float] | float | str:
             return [float(v) for v in text.split(",") if v.strip()]
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, a comma-separated list or @file.json, got '{text}'") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"expected a number, a comma-separated list or @file.json, got '{text}'"
+        ) from None
 
 
 def parse_bool(text: str) -> bool:
@@ -119,23 +120,36 @@ def add_seed(p) -> None:
 
 def add_depths(p, allow_random: bool) -> None:
     extra = ", or 'random'" if allow_random else ""
-    p.add_argument("--depths", default=",".join(f"{d:g}" for d in DEFAULT_DEPTHS),
-                   help=f"needle depths for passkey and single-needle tasks, cycled over samples{extra} "
-                        f"(default {','.join(f'{d:g}' for d in DEFAULT_DEPTHS)})")
+    p.add_argument(
+        "--depths",
+        default=",".join(f"{d:g}" for d in DEFAULT_DEPTHS),
+        help=f"needle depths for passkey and single-needle tasks, cycled over samples{extra} "
+        f"(default {','.join(f'{d:g}' for d in DEFAULT_DEPTHS)})",
+    )
 
 
 def add_threshold(p) -> None:
-    p.add_argument("--threshold", type=float, default=THRESHOLD,
-                   help=f"score (0-100) the effective length's lengths stay above (default {THRESHOLD:g}, RULER's)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=THRESHOLD,
+        help=f"score (0-100) the effective length's lengths stay above (default {THRESHOLD:g}, RULER's)",
+    )
 
 
 def add_method_parameters(p) -> None:
     group = p.add_argument_group("method parameters")
     for name, (f, methods, kind) in sorted(_method_parameters().items()):
-        group.add_argument(flag(name), dest=f"param_{name}", type=kind, default=None, metavar=name.upper(),
-                           help=f"{f.metadata.get('help', '')} [{', '.join(methods)}]")
+        group.add_argument(
+            flag(name),
+            dest=f"param_{name}",
+            type=kind,
+            default=None,
+            metavar=name.upper(),
+            help=f"{f.metadata.get('help', '')} [{', '.join(methods)}]",
+        )
 
 
 def method_params(args: argparse.Namespace) -> dict[str, Any]:
     """The method-parameter flags that were given, by parameter name."""
-    return {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+    return {k[len("param_") :]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}

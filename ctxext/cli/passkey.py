@@ -20,10 +20,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..eval.runner import passkey_check
 
-    results = passkey_check(args.model, args.length, options.parse_depths(args.depths, allow_random=False),
-                            seed=args.seed, dtype=args.dtype, device=args.device)
+    results = passkey_check(
+        args.model,
+        args.length,
+        options.parse_depths(args.depths, allow_random=False),
+        seed=args.seed,
+        dtype=args.dtype,
+        device=args.device,
+    )
     for r in results:
-        print(f"length {r.n_tokens:>6} depth {r.depth:4.0%} key {r.expected} -> {r.generated.strip()!r} "
-              f"{'ok' if r.correct else 'WRONG'}")
+        print(
+            f"length {r.n_tokens:>6} depth {r.depth:4.0%} key {r.expected} -> {r.generated.strip()!r} "
+            f"{'ok' if r.correct else 'WRONG'}"
+        )
     print(f"passkey: {sum(r.correct for r in results)}/{len(results)} correct")
     return 0

@@ -26,7 +26,7 @@ class MethodConfig:
     """Base class of every method's parameters. Subclasses validate in ``check()``."""
 
     @classmethod
-    def from_params(cls, method: str, params: dict[str, Any]) -> "MethodConfig":
+    def from_params(cls, method: str, params: dict[str, Any]) -> MethodConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(params) - known)
         if unknown:

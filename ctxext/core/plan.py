@@ -82,7 +82,9 @@ def plan_fresh(
         return _plan_attention(config, setup, rope_method, method_config, factor, target_length, original_length)
     layer_types = setup.select_layer_types(rope_layer_types)
     if setup.per_layer_type and not rope_method.supports_per_layer_type:
-        raise CtxextError(f"method '{rope_method.name}' does not support per-layer-type rope configs ({setup.model_type})")
+        raise CtxextError(
+            f"method '{rope_method.name}' does not support per-layer-type rope configs ({setup.model_type})"
+        )
     factor, original, target = resolve_lengths(setup.native_length, factor, target_length, original_length)
 
     for layer_type in layer_types:
@@ -116,10 +118,18 @@ def plan_fresh(
     return ExtensionPlan(rope_method, method_config, scalings, fields, record)
 
 
-def plan_extension(config: Any, method: str, *, factor: float | None = None, target_length: int | None = None,
-                      original_length: int | None = None, replace: bool = False,
-                      rope_layer_types: list[str] | None = None, params: dict | None = None,
-                      restore_first: bool = False) -> ExtensionPlan:
+def plan_extension(
+    config: Any,
+    method: str,
+    *,
+    factor: float | None = None,
+    target_length: int | None = None,
+    original_length: int | None = None,
+    replace: bool = False,
+    rope_layer_types: list[str] | None = None,
+    params: dict | None = None,
+    restore_first: bool = False,
+) -> ExtensionPlan:
     """The plan ``extend(model, method, ...)`` makes on a model with ``config``, computed from the config alone.
 
     A config that carries a ctxext patch (a patched checkpoint, as ``ctxext.from_pretrained`` loads it) is refused
@@ -129,10 +139,20 @@ def plan_extension(config: Any, method: str, *, factor: float | None = None, tar
     config = copy.deepcopy(config)
     existing = take_off_record(config)
     if existing is not None and not (replace or restore_first):
-        raise CtxextError(f"model is already extended with '{existing.method}'; pass replace=True (--replace) "
-                          "to replace that extension")
-    return plan_fresh(config, method, factor=factor, target_length=target_length, original_length=original_length,
-                          rope_layer_types=rope_layer_types, replace_native_scaling=replace, params=params)
+        raise CtxextError(
+            f"model is already extended with '{existing.method}'; pass replace=True (--replace) "
+            "to replace that extension"
+        )
+    return plan_fresh(
+        config,
+        method,
+        factor=factor,
+        target_length=target_length,
+        original_length=original_length,
+        rope_layer_types=rope_layer_types,
+        replace_native_scaling=replace,
+        params=params,
+    )
 
 
 def _record(method, method_config, scaling: Scaling, layer_types, replaced: dict[str, Any]) -> ExtensionRecord:
@@ -152,15 +172,21 @@ def _plan_attention(config, setup, method, method_config, factor, target_length,
     """Attention-level methods keep the config's rope; only the record is written."""
     if setup.per_layer_type:
         raise CtxextError(f"attention-level methods do not support per-layer-type rope configs ({setup.model_type})")
-    if getattr(config, "sliding_window", None) is not None or "sliding_attention" in (getattr(config, "layer_types", None) or []):
-        raise CtxextError(f"{setup.model_type} uses sliding-window attention; attention-level methods need full attention")
+    if getattr(config, "sliding_window", None) is not None or "sliding_attention" in (
+        getattr(config, "layer_types", None) or []
+    ):
+        raise CtxextError(
+            f"{setup.model_type} uses sliding-window attention; attention-level methods need full attention"
+        )
     rope_type = setup.parameters[None].get("rope_type", "default")
     if rope_type == "dynamic" or rope_type.startswith("ctxext_"):
         raise CtxextError(f"attention-level methods need a static rope; this model uses '{rope_type}'")
     factor, original, target = resolve_lengths(setup.native_length, factor, target_length, original_length, True)
     scaling = Scaling(factor, original, target, setup.rotary_dim(None))
     method.runtime(method_config, scaling)  # validates the parameters against the lengths
-    return ExtensionPlan(method, method_config, {None: scaling}, {}, _record(method, method_config, scaling, [None], {}))
+    return ExtensionPlan(
+        method, method_config, {None: scaling}, {}, _record(method, method_config, scaling, [None], {})
+    )
 
 
 def _check_transformers_accepts(config: Any, fields: dict[str, Any], model_type: str) -> None:
@@ -190,6 +216,8 @@ def take_off_record(config: Any) -> ExtensionRecord | None:
     apply_fields(config, record.replaced)
     del config.ctxext
     return record
+
+
 def auto_target(config: Any, factor: float | None, target_length: int | None, original_length: int | None) -> int:
     """The target length ``auto`` is chosen for (from ``factor`` when no target length is given), checked."""
     native = read_rope_setup(text_config(config)).native_length

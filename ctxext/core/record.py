@@ -43,18 +43,23 @@ class ExtensionRecord:
         return data
 
     @classmethod
-    def of(cls, config: Any) -> "ExtensionRecord | None":
+    def of(cls, config: Any) -> ExtensionRecord | None:
         """The record carried by a loaded model config or a parsed config.json, or None."""
         saved = config.get("ctxext") if isinstance(config, dict) else getattr(text_config(config), "ctxext", None)
         return cls.from_dict(saved) if saved else None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ExtensionRecord":
+    def from_dict(cls, data: dict[str, Any]) -> ExtensionRecord:
         if not isinstance(data, dict):
             raise CtxextError(f"config.ctxext is not a valid ctxext record (got {type(data).__name__})")
         try:
-            record = cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)
-                            if f.name in data or f.default is dataclasses.MISSING})
+            record = cls(
+                **{
+                    f.name: data[f.name]
+                    for f in dataclasses.fields(cls)
+                    if f.name in data or f.default is dataclasses.MISSING
+                }
+            )
         except (KeyError, TypeError) as exc:
             raise CtxextError(f"config.ctxext is not a valid ctxext record ({exc})") from None
         length = record.effective_length

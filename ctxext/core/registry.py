@@ -2,17 +2,18 @@
 
 A method module in ``ctxext.methods`` describes itself with :class:`RopeMethod` (it rewrites
 rotary frequencies through the config) or :class:`AttentionMethod` (it changes relative
-positions or the mask inside attention) and calls :func:`register`. The API and the CLI only ever look methods up here, so adding a method
-is adding one module. The built-in methods (the modules of ``ctxext.methods``) register themselves
-the first time any method is looked up, so that importing ctxext (or running ``ctxext --help``) does not
-load torch.
+positions or the mask inside attention) and calls :func:`register`. The API and the CLI only
+ever look methods up here, so adding a method is adding one module. The built-in methods (the
+modules of ``ctxext.methods``) register themselves the first time any method is looked up, so
+that importing ctxext (or running ``ctxext --help``) does not load torch.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import CtxextError
 from .params import MethodConfig

@@ -47,7 +47,8 @@ class RopeSetup:
         unknown = [t for t in chosen if t not in available]
         if unknown or not chosen:
             raise CtxextError(
-                f"rope layer types {unknown or chosen} not in {self.model_type}'s config (available: {', '.join(available)})"
+                f"rope layer types {unknown or chosen} not in {self.model_type}'s config "
+                f"(available: {', '.join(available)})"
             )
         return chosen
 

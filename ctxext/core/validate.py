@@ -36,8 +36,9 @@ def check_count(value, what: str, minimum: int = 1) -> None:
 
 
 def check_fraction(values, what: str) -> None:
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1
-               for v in values):
+    if not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1 for v in values
+    ):
         raise CtxextError(f"{what} must lie in [0, 1]")
 
 
@@ -45,5 +46,7 @@ def check_token_ids(largest: int, config: Any, what: str) -> None:
     """Refuse token ids the model's embedding has no row for (a tokenizer from another model)."""
     vocab = getattr(text_config(config), "vocab_size", None)
     if isinstance(vocab, int) and largest >= vocab:
-        raise CtxextError(f"{what} has token id {largest}, beyond the model's vocabulary of {vocab}: "
-                          "the tokenizer does not belong to this model")
+        raise CtxextError(
+            f"{what} has token id {largest}, beyond the model's vocabulary of {vocab}: "
+            "the tokenizer does not belong to this model"
+        )

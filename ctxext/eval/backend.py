@@ -42,8 +42,14 @@ class TransformersBackend:
         if is_extended(self.model):
             restore(self.model)
         if setup.method is not None:
-            extend(self.model, setup.method, factor=setup.factor, target_length=setup.target_length,
-                   replace=setup.replace, **setup.params)
+            extend(
+                self.model,
+                setup.method,
+                factor=setup.factor,
+                target_length=setup.target_length,
+                replace=setup.replace,
+                **setup.params,
+            )
 
     def generate(self, sample: Sample) -> tuple[str, int]:
         """(greedy answer, prompt tokens) for ``sample``."""

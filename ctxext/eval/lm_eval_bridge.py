@@ -47,11 +47,14 @@ def evaluate(model, tokenizer, tasks: list[str], max_length: int, manager, limit
     ``manager`` from :func:`task_manager`."""
     lm_eval, HFLM, _ = require_lm_eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=1)
-    output = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
-                                     log_samples=False, bootstrap_iters=0)
+    output = lm_eval.simple_evaluate(
+        model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False, bootstrap_iters=0
+    )
     results = {}
     for task, values in output["results"].items():
-        results[task] = {key.split(",")[0]: value for key, value in values.items()
-                         if isinstance(value, (int, float)) and "_stderr" not in key and key != "alias"}
+        results[task] = {
+            key.split(",")[0]: value
+            for key, value in values.items()
+            if isinstance(value, (int, float)) and "_stderr" not in key and key != "alias"
+        }
     return results
-

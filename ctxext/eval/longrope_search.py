@@ -93,9 +93,11 @@ class SearchPlan:
         return self.population + self.iterations * (self.mutations + self.crossovers)
 
     def line(self) -> str:
-        return (f"population {self.population} ({self.parents} parents, {self.mutations} mutations + "
-                f"{self.crossovers} crossovers per iteration), {self.iterations} iterations: "
-                f"{self.candidates} candidates")
+        return (
+            f"population {self.population} ({self.parents} parents, {self.mutations} mutations + "
+            f"{self.crossovers} crossovers per iteration), {self.iterations} iterations: "
+            f"{self.candidates} candidates"
+        )
 
 
 def check_plan(population: int, iterations: int) -> SearchPlan:
@@ -108,8 +110,7 @@ def check_plan(population: int, iterations: int) -> SearchPlan:
 
 
 def check_budget(minutes) -> float:
-    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not math.isfinite(minutes) \
-            or minutes <= 0:
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not math.isfinite(minutes) or minutes <= 0:
         raise CtxextError(f"--search-minutes must be a positive number of minutes, got {minutes!r}")
     return float(minutes)
 
@@ -120,9 +121,11 @@ def plan_for_budget(minutes: float, seconds_per_candidate: float) -> SearchPlan:
     smallest = SearchPlan(4, 1)
     if count < smallest.candidates:
         need = smallest.candidates * seconds_per_candidate / 60
-        raise CtxextError(f"a longrope search budget of {minutes:g} min fits {count} candidates of "
-                          f"{seconds_per_candidate:.1f} s each; it needs at least {smallest.candidates}: "
-                          f"give --search-minutes {math.ceil(need * 10) / 10:g} or more (or fewer --search-windows)")
+        raise CtxextError(
+            f"a longrope search budget of {minutes:g} min fits {count} candidates of "
+            f"{seconds_per_candidate:.1f} s each; it needs at least {smallest.candidates}: "
+            f"give --search-minutes {math.ceil(need * 10) / 10:g} or more (or fewer --search-windows)"
+        )
     population = 4
     for size in range(8, MAX_POPULATION + 1, 4):
         if SearchPlan(size, math.ceil(size * ITERATIONS_PER_INDIVIDUAL)).candidates <= count:
@@ -143,9 +146,15 @@ class SearchResult:
     history: list[tuple[list[float], float]] = field(repr=False, default_factory=list)
 
     def summary(self) -> dict:
-        return {"perplexity": self.perplexity, "start": self.start, "population": self.plan.population,
-                "iterations": self.plan.iterations, "candidates": self.plan.candidates, "windows": self.windows,
-                "seconds": round(self.seconds, 1)}
+        return {
+            "perplexity": self.perplexity,
+            "start": self.start,
+            "population": self.plan.population,
+            "iterations": self.plan.iterations,
+            "candidates": self.plan.candidates,
+            "windows": self.windows,
+            "seconds": round(self.seconds, 1),
+        }
 
 
 def initial_individuals(theta: float, rotary_dim: int, native: int, target: int) -> dict[str, Individual]:
@@ -155,8 +164,11 @@ def initial_individuals(theta: float, rotary_dim: int, native: int, target: int)
     native_inv_freq = 1.0 / (theta ** (2 * pairs / rotary_dim))
     ntk_inv_freq = 1.0 / (ntk_theta(theta, rotary_dim, scale) ** (2 * pairs / rotary_dim))
     yarn = yarn_inv_freq(theta, rotary_dim, native, scale, *YARN_BETAS).double()
-    factors = {"pi": torch.full_like(pairs, scale), "ntk": native_inv_freq / ntk_inv_freq,
-               "yarn": native_inv_freq / yarn}
+    factors = {
+        "pi": torch.full_like(pairs, scale),
+        "ntk": native_inv_freq / ntk_inv_freq,
+        "yarn": native_inv_freq / yarn,
+    }
     return {name: _on_grid(values.tolist(), top_factor(scale)) for name, values in factors.items()}
 
 
@@ -191,8 +203,9 @@ def mutate(parent: Individual, rng: random.Random, top: int, seen: set[Individua
     return None
 
 
-def crossover(first: Individual, second: Individual, rng: random.Random, top: int,
-              seen: set[Individual]) -> Individual | None:
+def crossover(
+    first: Individual, second: Individual, rng: random.Random, top: int, seen: set[Individual]
+) -> Individual | None:
     """Each factor from ``second`` with probability 0.5; an ordered new child, else a mutation of ``first``."""
     if first != second:
         for _ in range(CROSSOVER_TRIES):
@@ -211,9 +224,19 @@ def record_sample(individual: Individual, windows: int) -> str:
     return f"w{windows}:" + ",".join(map(str, individual))
 
 
-def search(model, ids: torch.Tensor, target_length: int, store: RecordStore, *, minutes: float | None = None,
-           population: int | None = None, iterations: int | None = None, windows: int = 2, seed: int = 0,
-           progress: bool = True) -> SearchResult:
+def search(
+    model,
+    ids: torch.Tensor,
+    target_length: int,
+    store: RecordStore,
+    *,
+    minutes: float | None = None,
+    population: int | None = None,
+    iterations: int | None = None,
+    windows: int = 2,
+    seed: int = 0,
+    progress: bool = True,
+) -> SearchResult:
     """Search ``model``'s longrope factors for ``target_length`` (see the module docstring).
 
     ``ids``: the text's token ids (1-D); ``store``: where scores are logged and found again. Give
@@ -247,8 +270,7 @@ def search(model, ids: torch.Tensor, target_length: int, store: RecordStore, *, 
     rng = random.Random(seed)
     scores: dict[Individual, float] = {}
     counts = {"scored": 0, "seconds": 0.0}
-    bar = tqdm(total=plan.candidates if plan else None, desc="longrope search", unit="candidate",
-               disable=not progress)
+    bar = tqdm(total=plan.candidates if plan else None, desc="longrope search", unit="candidate", disable=not progress)
 
     def score(individual: Individual) -> float:
         key = (LABEL, PPL, target_length, record_sample(individual, n_windows))
@@ -259,9 +281,16 @@ def search(model, ids: torch.Tensor, target_length: int, store: RecordStore, *, 
                 value = perplexity.perplexity(model, ids, target_length, max_windows=n_windows)
             finally:
                 restore(model)
-            store.add({"method": LABEL, "task": PPL, "length": target_length, "sample": key[3],
-                       "perplexity": value if math.isfinite(value) else None,
-                       "seconds": round(time.perf_counter() - started, 3)})
+            store.add(
+                {
+                    "method": LABEL,
+                    "task": PPL,
+                    "length": target_length,
+                    "sample": key[3],
+                    "perplexity": value if math.isfinite(value) else None,
+                    "seconds": round(time.perf_counter() - started, 3),
+                }
+            )
             counts["scored"] += 1
         record = store.records[key]
         scores[individual] = math.inf if record["perplexity"] is None else record["perplexity"]
@@ -274,12 +303,15 @@ def search(model, ids: torch.Tensor, target_length: int, store: RecordStore, *, 
         first = starts["pi"]
         score(first)
         if plan is None:
-            plan = plan_for_budget(minutes, store.records[(LABEL, PPL, target_length,
-                                                           record_sample(first, n_windows))]["seconds"])
+            plan = plan_for_budget(
+                minutes, store.records[(LABEL, PPL, target_length, record_sample(first, n_windows))]["seconds"]
+            )
             bar.reset(total=plan.candidates)
             bar.update()
-            tqdm.write(f"longrope search at {target_length} tokens ({n_windows} window(s)): one candidate "
-                       f"{counts['seconds']:.3g} s, budget {minutes:g} min -> {plan.line()}")
+            tqdm.write(
+                f"longrope search at {target_length} tokens ({n_windows} window(s)): one candidate "
+                f"{counts['seconds']:.3g} s, budget {minutes:g} min -> {plan.line()}"
+            )
         else:
             tqdm.write(f"longrope search at {target_length} tokens ({n_windows} window(s)): {plan.line()}")
         population = [first]
@@ -313,7 +345,13 @@ def search(model, ids: torch.Tensor, target_length: int, store: RecordStore, *, 
     finally:
         bar.close()
     best = min(scores, key=lambda p: scores[p])
-    return SearchResult(factors_of(best), scores[best], {name: scores[ind] for name, ind in starts.items()
-                                                         if ind in scores},
-                        plan, n_windows, counts["scored"], counts["seconds"],
-                        [(factors_of(p), s) for p, s in scores.items()])
+    return SearchResult(
+        factors_of(best),
+        scores[best],
+        {name: scores[ind] for name, ind in starts.items() if ind in scores},
+        plan,
+        n_windows,
+        counts["scored"],
+        counts["seconds"],
+        [(factors_of(p), s) for p, s in scores.items()],
+    )

@@ -31,15 +31,34 @@ class WindowSettings:
 
 def generation_record(label: str, sample: Sample, generated: str, n_tokens: int, seconds: float) -> dict:
     value = score(sample.metric, generated, sample.references)
-    return {"method": label, "task": sample.task, "length": sample.length, "sample": sample.index,
-            "depth": sample.depth, "n_tokens": n_tokens, "expected": sample.references, "generated": generated,
-            "metric": sample.metric, "score": value, "correct": value == 100.0, "seconds": round(seconds, 3),
-            **sample.meta}
+    return {
+        "method": label,
+        "task": sample.task,
+        "length": sample.length,
+        "sample": sample.index,
+        "depth": sample.depth,
+        "n_tokens": n_tokens,
+        "expected": sample.references,
+        "generated": generated,
+        "metric": sample.metric,
+        "score": value,
+        "correct": value == 100.0,
+        "seconds": round(seconds, 3),
+        **sample.meta,
+    }
 
 
-def run_units(backend, todo: list[tuple], setups: dict[str, Setup], samples: dict[tuple, Sample],
-              store: RecordStore, *, windows: WindowSettings | None = None, desc: str = "eval",
-              skip_failed: bool = False) -> dict[str, str]:
+def run_units(
+    backend,
+    todo: list[tuple],
+    setups: dict[str, Setup],
+    samples: dict[tuple, Sample],
+    store: RecordStore,
+    *,
+    windows: WindowSettings | None = None,
+    desc: str = "eval",
+    skip_failed: bool = False,
+) -> dict[str, str]:
     """Run every unit of ``todo`` (in order; units of one label together) and add its record to ``store``.
 
     ``samples``: the prompts, keyed (task, length, index). ``skip_failed``: a configuration the backend cannot
@@ -69,10 +88,15 @@ def run_units(backend, todo: list[tuple], setups: dict[str, Setup], samples: dic
                 generated, n_tokens = backend.generate(sample)
                 record = generation_record(label, sample, generated, n_tokens, time.perf_counter() - start)
             else:
-                window = backend.score_window(windows.ids, index, length, windows.stride,
-                                              min(windows.bucket, length))
-                record = {"method": label, "task": task, "length": length, "sample": index,
-                          **dataclasses.asdict(window), "seconds": round(time.perf_counter() - start, 3)}
+                window = backend.score_window(windows.ids, index, length, windows.stride, min(windows.bucket, length))
+                record = {
+                    "method": label,
+                    "task": task,
+                    "length": length,
+                    "sample": index,
+                    **dataclasses.asdict(window),
+                    "seconds": round(time.perf_counter() - start, 3),
+                }
             store.add(record)
             bar.update()
     return failed

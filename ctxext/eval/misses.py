@@ -15,15 +15,30 @@ from collections import Counter
 from .scoring import postprocess_pred
 
 HIT, EMPTY, QUESTION, LOOP, WRONG, PARTIAL, OTHER = (
-    "hit", "empty", "repeats the question", "loop", "wrong value", "partial", "other text")
+    "hit",
+    "empty",
+    "repeats the question",
+    "loop",
+    "wrong value",
+    "partial",
+    "other text",
+)
 # phrases of the tasks' questions (passkey.QUESTION, the RULER templates): an answer made of them restates the task
-QUESTION_PHRASES = ("what is the pass key", "special magic", "mentioned in the provided text", "what are all the",
-                    "memorize", "hidden within the following text", "find all variables", "i will quiz you")
+QUESTION_PHRASES = (
+    "what is the pass key",
+    "special magic",
+    "mentioned in the provided text",
+    "what are all the",
+    "memorize",
+    "hidden within the following text",
+    "find all variables",
+    "i will quiz you",
+)
 
 
 def _repeats_a_phrase(text: str, size: int = 3, times: int = 3) -> bool:
     words = re.findall(r"\w+", text.lower())
-    grams = Counter(tuple(words[i:i + size]) for i in range(len(words) - size + 1))
+    grams = Counter(tuple(words[i : i + size]) for i in range(len(words) - size + 1))
     return any(count >= times for count in grams.values())
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from .constants import DEFAULT_DEPTHS
 from .generation import greedy_generate
 from .haystack import NOISE
-from .task import GENERATE, Task
 from .samples import Sample, count_tokens, largest_fitting, sample_rng
 from .scoring import first_integer
+from .task import GENERATE, Task
 
 INTRO = (
     "There is an important info hidden inside a lot of irrelevant text. "
@@ -63,8 +63,18 @@ def make_sample(tokenizer, length: int, index: int, seed: int, depths=DEFAULT_DE
     key = rng.randint(10000, 99999)
     depth = rng.random() if depths is None else float(depths[index % len(depths)])
     text, n_tokens = build_prompt(tokenizer, length, depth, key)
-    return Sample("passkey", length, index, text, [str(key)], "first_integer", ANSWER_TOKENS, n_tokens, depth,
-                  answer_prefix=ANSWER_PREFIX)
+    return Sample(
+        "passkey",
+        length,
+        index,
+        text,
+        [str(key)],
+        "first_integer",
+        ANSWER_TOKENS,
+        n_tokens,
+        depth,
+        answer_prefix=ANSWER_PREFIX,
+    )
 
 
 TASK = Task("passkey", GENERATE, "passkey", ANSWER_TOKENS, "first_integer", has_depths=True, make=make_sample)
@@ -82,6 +92,7 @@ def run_samples(model, tokenizer, samples: list[Sample]) -> list[PasskeyResult]:
     for sample in samples:
         generated, _ = greedy_generate(model, tokenizer, sample.prompt, sample.max_new_tokens)
         key = int(sample.references[0])
-        results.append(PasskeyResult(sample.length, sample.depth, sample.n_tokens, key, generated,
-                                     first_integer(generated) == key))
+        results.append(
+            PasskeyResult(sample.length, sample.depth, sample.n_tokens, key, generated, first_integer(generated) == key)
+        )
     return results

@@ -72,8 +72,9 @@ class WindowResult:
 def window_count(n_tokens: int, window: int, stride: int) -> int:
     """How many windows cover a corpus of ``n_tokens`` (the last one ends at the corpus end)."""
     if n_tokens < window + 1:
-        raise CtxextError(f"the corpus has {n_tokens} tokens, too few for a {window}-token window; "
-                          "give a longer --text-file")
+        raise CtxextError(
+            f"the corpus has {n_tokens} tokens, too few for a {window}-token window; give a longer --text-file"
+        )
     return math.ceil((n_tokens - 1 - window) / stride) + 1
 
 
@@ -105,8 +106,14 @@ def score_window(model, ids: torch.Tensor, index: int, window: int, stride: int,
     bucket_ids = torch.arange(window) // bucket
     bucket_nll = torch.zeros(n_buckets, dtype=torch.float64).index_add_(0, bucket_ids, nll.double())
     scored = nll[first_new:]
-    return WindowResult(index, begin, float(scored.double().sum()), scored.numel(), bucket_nll.tolist(),
-                        torch.bincount(bucket_ids, minlength=n_buckets).tolist())
+    return WindowResult(
+        index,
+        begin,
+        float(scored.double().sum()),
+        scored.numel(),
+        bucket_nll.tolist(),
+        torch.bincount(bucket_ids, minlength=n_buckets).tolist(),
+    )
 
 
 def text_ids(tokenizer, text: str) -> torch.Tensor:
@@ -125,16 +132,22 @@ def perplexity(model, ids, length: int, *, stride: int | None = None, max_window
     if ids.dim() == 2 and ids.shape[0] == 1:
         ids = ids[0]
     if ids.dim() != 1 or ids.dtype.is_floating_point:
-        raise CtxextError(f"perplexity needs a 1-D sequence of token ids, got a {ids.dtype} tensor of shape "
-                          f"{tuple(ids.shape)}")
-    for name, value, optional in (("length", length, False), ("stride", stride, True),
-                                  ("max_windows", max_windows, True)):
+        raise CtxextError(
+            f"perplexity needs a 1-D sequence of token ids, got a {ids.dtype} tensor of shape {tuple(ids.shape)}"
+        )
+    for name, value, optional in (
+        ("length", length, False),
+        ("stride", stride, True),
+        ("max_windows", max_windows, True),
+    ):
         if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise CtxextError(f"perplexity {name} must be a positive integer, got {value!r}")
     stride = stride or length
     if ids.numel() < length + 1:
-        raise CtxextError(f"a perplexity window of {length} tokens reads {length + 1} token ids (each position "
-                          f"predicts the next one); got {ids.numel()}")
+        raise CtxextError(
+            f"a perplexity window of {length} tokens reads {length + 1} token ids (each position "
+            f"predicts the next one); got {ids.numel()}"
+        )
     count = window_count(ids.numel(), length, stride)
     if max_windows is not None:
         count = min(count, max_windows)

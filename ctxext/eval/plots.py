@@ -32,8 +32,13 @@ def heatmap(task: str, grid: dict, lengths: list[int], path: Path) -> Path:
     """``grid``: method -> {depth -> {length -> score 0..100}}."""
     methods = list(grid)
     depths = sorted({d for rows in grid.values() for d in rows})
-    fig, axes = plt.subplots(1, len(methods), figsize=(1.2 + 1.1 * len(lengths) * len(methods), 0.5 * len(depths) + 1.6),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1,
+        len(methods),
+        figsize=(1.2 + 1.1 * len(lengths) * len(methods), 0.5 * len(depths) + 1.6),
+        squeeze=False,
+        sharey=True,
+    )
     for ax, method in zip(axes[0], methods):
         cells = [[grid[method].get(d, {}).get(L, float("nan")) for L in lengths] for d in depths]
         image = ax.imshow(cells, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
@@ -58,15 +63,22 @@ def perplexity_curves(ppl: dict, native_length: int, path: Path) -> Path:
         left.plot(lengths, [by_length[L]["ppl"] for L in lengths], marker="o", label=method)
         longest = by_length[lengths[-1]]
         size = longest["bucket_size"]
-        right.plot([size * (i + 0.5) for i in range(len(longest["bucket_nll"]))], longest["bucket_nll"],
-                   marker=".", label=method)
+        right.plot(
+            [size * (i + 0.5) for i in range(len(longest["bucket_nll"]))],
+            longest["bucket_nll"],
+            marker=".",
+            label=method,
+        )
     for ax in (left, right):
         ax.axvline(native_length, color="grey", linestyle=":", label="native length")
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
     left.set(xlabel="window (tokens)", ylabel="perplexity", title="perplexity vs window length")
-    right.set(xlabel="position in window (tokens)", ylabel="mean NLL",
-              title=f"NLL per position, {format_length(max(max(v) for v in ppl.values()))} window")
+    right.set(
+        xlabel="position in window (tokens)",
+        ylabel="mean NLL",
+        title=f"NLL per position, {format_length(max(max(v) for v in ppl.values()))} window",
+    )
     left.legend()
     fig.tight_layout()
     return save_png(fig, path)

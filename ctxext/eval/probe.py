@@ -79,28 +79,39 @@ class ProbeResult:
     def lines(self) -> list[str]:
         """The result as ``ctxext probe`` prints it: a length x task table, E, the time taken."""
         patch = f" ({self.patch})" if self.patch else " (native)"
-        lines = [f"probe of {self.model}: context length {self.context_length}{patch}; "
-                 f"{len(self.depths) * self.samples} prompts per task and length "
-                 f"({len(self.depths)} depths x {self.samples} key{'s' if self.samples != 1 else ''})"]
+        lines = [
+            f"probe of {self.model}: context length {self.context_length}{patch}; "
+            f"{len(self.depths) * self.samples} prompts per task and length "
+            f"({len(self.depths)} depths x {self.samples} key{'s' if self.samples != 1 else ''})"
+        ]
         header = ["length", *self.tasks, "mean"]
-        rows = [[str(L), *(_score(self.scores[t].get(L)) for t in self.tasks), _score(self.average.get(L))]
-                for L in self.lengths]
+        rows = [
+            [str(L), *(_score(self.scores[t].get(L)) for t in self.tasks), _score(self.average.get(L))]
+            for L in self.lengths
+        ]
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
         lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows]]
         failing = self.first_failing()
         if self.effective_length is None:
-            lines.append(f"effective length: below {self.lengths[0]} tokens (no ladder length scores above "
-                         f"{self.threshold:g})")
+            lines.append(
+                f"effective length: below {self.lengths[0]} tokens (no ladder length scores above {self.threshold:g})"
+            )
         else:
             if failing:
-                lines.append(f"effective length: {self.effective_length} tokens (mean above {self.threshold:g} up "
-                             f"to there; {failing} scores {_score(self.average.get(failing))})")
+                lines.append(
+                    f"effective length: {self.effective_length} tokens (mean above {self.threshold:g} up "
+                    f"to there; {failing} scores {_score(self.average.get(failing))})"
+                )
             else:
-                lines.append(f"effective length: {self.effective_length} tokens, the whole ladder (mean above "
-                             f"{self.threshold:g} at every length)")
+                lines.append(
+                    f"effective length: {self.effective_length} tokens, the whole ladder (mean above "
+                    f"{self.threshold:g} at every length)"
+                )
         pictures = f", {self.heatmap.name}" if self.heatmap else ""
-        lines.append(f"took {self.seconds:.1f} s (generation {self.generation_seconds:.1f} s over all records); "
-                     f"{self.out}: {RESULT}{pictures}, {self.report.name}")
+        lines.append(
+            f"took {self.seconds:.1f} s (generation {self.generation_seconds:.1f} s over all records); "
+            f"{self.out}: {RESULT}{pictures}, {self.report.name}"
+        )
         if self.recorded:
             lines.append(f"recorded in {self.recorded}")
         return lines
@@ -137,10 +148,21 @@ def default_out(model: str | Path, location: ModelLocation) -> Path:
     return Path(f"probe-{name}")
 
 
-def probe(model: str | Path, *, out: str | Path | None = None, lengths: list[int] | None = None,
-          beyond: float | None = None, depths: list[float] = DEFAULT_DEPTHS, samples: int = 2,
-          tasks: list[str] = PROBE_TASKS, threshold: float = THRESHOLD, seed: int = 0, dtype: str = "float32",
-          device: str = "cpu", record: bool = False) -> ProbeResult:
+def probe(
+    model: str | Path,
+    *,
+    out: str | Path | None = None,
+    lengths: list[int] | None = None,
+    beyond: float | None = None,
+    depths: list[float] = DEFAULT_DEPTHS,
+    samples: int = 2,
+    tasks: list[str] = PROBE_TASKS,
+    threshold: float = THRESHOLD,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
+    record: bool = False,
+) -> ProbeResult:
     """Measure the effective retrieval length E of ``model`` (directory, .gguf file or 'smollm2') as it loads.
 
     ``lengths`` replaces the default ladder (taken as given, also past the context length); ``beyond``
@@ -154,10 +176,15 @@ def probe(model: str | Path, *, out: str | Path | None = None, lengths: list[int
     tasks = _checked_tasks(tasks)
     if lengths is not None and beyond is not None:
         raise CtxextError("give lengths (--lengths) or beyond (--beyond), not both: --lengths is the whole ladder")
-    if beyond is not None and (isinstance(beyond, bool) or not isinstance(beyond, (int, float))
-                               or not math.isfinite(beyond) or not 1 < beyond <= MAX_BEYOND):
-        raise CtxextError(f"--beyond is a multiple of the context length above 1 (at most {MAX_BEYOND}), "
-                          f"e.g. 2, got {beyond!r}")
+    if beyond is not None and (
+        isinstance(beyond, bool)
+        or not isinstance(beyond, (int, float))
+        or not math.isfinite(beyond)
+        or not 1 < beyond <= MAX_BEYOND
+    ):
+        raise CtxextError(
+            f"--beyond is a multiple of the context length above 1 (at most {MAX_BEYOND}), e.g. 2, got {beyond!r}"
+        )
     if depths is None or isinstance(depths, str):
         raise CtxextError("the probe needs fixed needle depths (a list of numbers in [0, 1]), not random ones")
     check_count(samples, "--samples")
@@ -172,10 +199,19 @@ def probe(model: str | Path, *, out: str | Path | None = None, lengths: list[int
     saved = location_record(location, read)
     context = saved.target_length if saved else native_length(read)
     expected = recordable_config(model)[1] if record else None
-    config = EvalConfig(model=str(model), out=Path(out) if out is not None else default_out(model, location),
-                        tasks=tasks, lengths=sorted(set(lengths)) if lengths else ladder(context, beyond),
-                        samples=samples * len(list(depths)), depths=list(depths), seed=seed, dtype=dtype,
-                        device=device, threshold=threshold, as_loaded=True)
+    config = EvalConfig(
+        model=str(model),
+        out=Path(out) if out is not None else default_out(model, location),
+        tasks=tasks,
+        lengths=sorted(set(lengths)) if lengths else ladder(context, beyond),
+        samples=samples * len(list(depths)),
+        depths=list(depths),
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        threshold=threshold,
+        as_loaded=True,
+    )
     checked = check_config(config)
     if lengths is None:
         config.lengths = _fitting(config, checked.location, context)
@@ -188,10 +224,23 @@ def probe(model: str | Path, *, out: str | Path | None = None, lengths: list[int
 
         heatmap = plots.heatmap("retrieval", grid, config.lengths, config.out / HEATMAP)
     result = ProbeResult(
-        model=str(model), out=config.out, context_length=context, patch=_describe(saved), lengths=config.lengths,
-        tasks=tasks, depths=list(depths), samples=samples, threshold=threshold, scores=scores, average=average,
-        effective_length=found, seconds=0.0, generation_seconds=round(sum(r["seconds"] for r in data["records"]), 3),
-        heatmap=heatmap, report=config.out / "report.md")
+        model=str(model),
+        out=config.out,
+        context_length=context,
+        patch=_describe(saved),
+        lengths=config.lengths,
+        tasks=tasks,
+        depths=list(depths),
+        samples=samples,
+        threshold=threshold,
+        scores=scores,
+        average=average,
+        effective_length=found,
+        seconds=0.0,
+        generation_seconds=round(sum(r["seconds"] for r in data["records"]), 3),
+        heatmap=heatmap,
+        report=config.out / "report.md",
+    )
     try:
         if record:
             result.recorded = record_effective_length(model, found, expected=expected)
@@ -227,8 +276,10 @@ def _fitting(config: EvalConfig, location: ModelLocation, context: int) -> list[
             reason = exc
             continue
         return config.lengths[i:]
-    raise CtxextError(f"no length of the ladder ({', '.join(map(str, config.lengths))} tokens, from the context "
-                      f"length {context}) is long enough for the probe's prompts ({reason}); give --lengths")
+    raise CtxextError(
+        f"no length of the ladder ({', '.join(map(str, config.lengths))} tokens, from the context "
+        f"length {context}) is long enough for the probe's prompts ({reason}); give --lengths"
+    )
 
 
 def _describe(record: ExtensionRecord | None) -> str | None:

@@ -19,9 +19,11 @@ from .lengths import format_length
 from .summary import summarize
 from .tasks import get_task, nll_tasks
 
-NOT_COMPARABLE = ("Tasks marked * use an offline prose haystack (CPython's pydoc topics) instead of RULER's "
-                  "essays: their scores are not comparable with published RULER numbers. RULER's QA tasks "
-                  "(SQuAD, HotpotQA) need downloaded data and are left out.")
+NOT_COMPARABLE = (
+    "Tasks marked * use an offline prose haystack (CPython's pydoc topics) instead of RULER's "
+    "essays: their scores are not comparable with published RULER numbers. RULER's QA tasks "
+    "(SQuAD, HotpotQA) need downloaded data and are left out."
+)
 
 
 def _versions() -> dict:
@@ -81,7 +83,9 @@ def _header(config, meta: dict, methods: list[str]) -> list[str]:
         ("date", meta["date"]),
     ]
     if meta.get("corpus"):
-        rows.append(("perplexity corpus", f"{meta['corpus']} ({meta['corpus_tokens']} tokens), stride {config.ppl_stride}"))
+        rows.append(
+            ("perplexity corpus", f"{meta['corpus']} ({meta['corpus_tokens']} tokens), stride {config.ppl_stride}")
+        )
     return ["# ctxext evaluation report", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
 
@@ -90,8 +94,9 @@ def _ruler_section(summary: dict, methods: list[str], lengths: list[int]) -> lis
     for task in summary["ruler_tasks"]:
         mark = "" if get_task(task).comparable else " *"
         lines += ["", f"### {task}{mark}", ""]
-        lines += _before_after(_length_rows({m: summary["scores"][m][task] for m in methods}, methods, lengths),
-                               methods)
+        lines += _before_after(
+            _length_rows({m: summary["scores"][m][task] for m in methods}, methods, lengths), methods
+        )
     lines += ["", "### average over the suite", ""]
     lines += _before_after(_length_rows(summary["ruler_average"], methods, lengths), methods)
     lines += ["", f"Effective length (longest length up to which the average stays above {summary['threshold']:g}):"]
@@ -106,15 +111,20 @@ def _length_or_none(value, lengths) -> str:
 def _ppl_section(summary: dict, methods: list[str], lengths: list[int]) -> list[str]:
     ppl = summary["ppl"]
     lines = ["", "## Perplexity (sliding window, token-weighted)", ""]
-    lines += _before_after([(format_length(L), {m: ppl[m][L]["ppl"] for m in methods if L in ppl[m]}) for L in lengths],
-                           methods, "window")
+    lines += _before_after(
+        [(format_length(L), {m: ppl[m][L]["ppl"] for m in methods if L in ppl[m]}) for L in lengths], methods, "window"
+    )
     for L in lengths:
         present = [m for m in methods if L in ppl[m]]
         if not present:
             continue
         size = ppl[present[0]][L]["bucket_size"]
-        lines += ["", f"Mean NLL per position bucket, {format_length(L)} window "
-                      f"({ppl[present[0]][L]['windows']} windows, {ppl[present[0]][L]['tokens']} tokens scored):", ""]
+        lines += [
+            "",
+            f"Mean NLL per position bucket, {format_length(L)} window "
+            f"({ppl[present[0]][L]['windows']} windows, {ppl[present[0]][L]['tokens']} tokens scored):",
+            "",
+        ]
         lines += ["| positions | " + " | ".join(present) + " |", "|" + "---|" * (len(present) + 1)]
         for i in range(len(ppl[present[0]][L]["bucket_nll"])):
             cells = [f"{ppl[m][L]['bucket_nll'][i]:.3f}" for m in present]
@@ -131,7 +141,9 @@ def _lm_eval_section(results: dict, methods: list[str]) -> list[str]:
     rows = []
     for task in sorted({t for r in results.values() for t in r}):
         for metric in sorted({k for r in results.values() for k in r.get(task, {})}, key=_metric_order):
-            rows.append((f"{task} {metric}", {m: results[m].get(task, {}).get(metric) for m in methods if m in results}))
+            rows.append(
+                (f"{task} {metric}", {m: results[m].get(task, {}).get(metric) for m in methods if m in results})
+            )
     return ["", "## lm-eval tasks", ""] + _before_after(rows, methods, "task / metric")
 
 
@@ -144,18 +156,26 @@ def write_report(config, records: list[dict], store, meta: dict) -> dict:
     lines = _header(config, meta, methods)
     if "passkey" in config.tasks:
         lines += ["", "## Passkey retrieval (% correct)", ""]
-        lines += _before_after(_length_rows({m: summary["scores"][m]["passkey"] for m in methods}, methods,
-                                            config.lengths), methods)
-        lines += ["", f"Longest length up to which passkey stays above {config.threshold:g}%: "
-                  + "; ".join(f"{m} {_length_or_none(summary['passkey_effective_length'][m], config.lengths)}"
-                              for m in methods)]
+        lines += _before_after(
+            _length_rows({m: summary["scores"][m]["passkey"] for m in methods}, methods, config.lengths), methods
+        )
+        lines += [
+            "",
+            f"Longest length up to which passkey stays above {config.threshold:g}%: "
+            + "; ".join(
+                f"{m} {_length_or_none(summary['passkey_effective_length'][m], config.lengths)}" for m in methods
+            ),
+        ]
     if summary["ruler_tasks"]:
         lines += _ruler_section(summary, methods, config.lengths)
     if nll_tasks(config.tasks):
         lines += _ppl_section(summary, methods, config.lengths)
     tasks_key = ",".join(config.lm_eval_tasks)
-    lm_eval_results = {r["method"]: r["results"] for r in store.records.values()
-                       if r["task"] == LM_EVAL and r["sample"] == tasks_key and r["method"] in methods}
+    lm_eval_results = {
+        r["method"]: r["results"]
+        for r in store.records.values()
+        if r["task"] == LM_EVAL and r["sample"] == tasks_key and r["method"] in methods
+    }
     if config.lm_eval_tasks:
         lines += _lm_eval_section(lm_eval_results, methods)
     pictures = []
@@ -166,8 +186,20 @@ def write_report(config, records: list[dict], store, meta: dict) -> dict:
     if pictures:
         lines += ["", "## Pictures", ""] + [f"![{p.stem}]({p.name})" for p in pictures]
     atomic_write(out / "report.md", ("\n".join(lines) + "\n").encode("utf-8"))
-    data = {"config": {**config.settings(), "methods": methods, "tasks": config.tasks, "lengths": config.lengths,
-                       "samples": config.samples, "threshold": config.threshold, "device": meta["device"]},
-            "meta": meta, "summary": summary, "lm_eval": lm_eval_results, "records": records}
+    data = {
+        "config": {
+            **config.settings(),
+            "methods": methods,
+            "tasks": config.tasks,
+            "lengths": config.lengths,
+            "samples": config.samples,
+            "threshold": config.threshold,
+            "device": meta["device"],
+        },
+        "meta": meta,
+        "summary": summary,
+        "lm_eval": lm_eval_results,
+        "records": records,
+    }
     write_json(out / "report.json", data, indent=1, default=str)
     return data

@@ -20,13 +20,13 @@ from __future__ import annotations
 import random
 import string
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Callable
 
 from .haystack import NOISE, take_sentences
-from .task import GENERATE, Task
 from .samples import Sample, count_tokens, largest_fitting, sample_rng
+from .task import GENERATE, Task
 
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
 NIAH_TEMPLATE = (
@@ -45,7 +45,8 @@ VT_ANSWER = (
 )
 CWE_TEMPLATE = (
     "Below is a numbered list of words. In these words, some appear more often than others. "
-    "Memorize the ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?"
+    "Memorize the ones that appear most often.\n{context}\n"
+    "Question: What are the 10 most common words in the above list?"
 )
 CWE_ANSWER = " Answer: The top 10 words that appear most often in the list are:"
 FWE_TEMPLATE = (
@@ -119,8 +120,14 @@ def _niah_builder(spec: NiahSpec, rng: random.Random, depth: float | None, seed_
             units = [NOISE] * n
         else:
             distractors = random.Random(seed_text + "/distractors")
-            units = [NEEDLE.format(type_needle_v=spec.type_needle_v, key=_random_value(distractors, spec.type_needle_k),
-                                   value=_random_value(distractors, spec.type_needle_v)) for _ in range(n)]
+            units = [
+                NEEDLE.format(
+                    type_needle_v=spec.type_needle_v,
+                    key=_random_value(distractors, spec.type_needle_k),
+                    value=_random_value(distractors, spec.type_needle_v),
+                )
+                for _ in range(n)
+            ]
         for offset, (fraction, needle) in enumerate(zip(fractions, needles)):
             units.insert(round(fraction * n) + offset, needle)
         context = (" " if spec.haystack == "essay" else "\n").join(units)
@@ -155,7 +162,8 @@ def _vt_chain(rng: random.Random, letters: int, num_hops: int = 4) -> tuple[list
         if name not in names:
             names.append(name)
     chain = [f"VAR {names[0]} = {rng.randint(10000, 99999)}"] + [
-        f"VAR {names[j + 1]} = VAR {names[j]} " for j in range(num_hops)]
+        f"VAR {names[j + 1]} = VAR {names[j]} " for j in range(num_hops)
+    ]
     return names, chain
 
 
@@ -179,8 +187,10 @@ def _vt_builder(rng: random.Random, tokenizer, tokens_to_generate: int) -> Calla
     """Variable tracking (1 chain, 4 hops) after upstream's one-shot example of about 500 tokens."""
     icl_names, icl_chain = _vt_chain(rng, letters=3)
     icl_fractions = sorted(rng.random() for _ in icl_chain)
-    n_icl = largest_fitting(lambda n: _vt_prompt(icl_names, icl_chain, icl_fractions, n),
-                            lambda t: count_tokens(tokenizer, t) + tokens_to_generate <= 500)
+    n_icl = largest_fitting(
+        lambda n: _vt_prompt(icl_names, icl_chain, icl_fractions, n),
+        lambda t: count_tokens(tokenizer, t) + tokens_to_generate <= 500,
+    )
     example = _vt_prompt(icl_names, icl_chain, icl_fractions, n_icl) + " " + " ".join(icl_names) + "\n\n"
     for name in icl_names:  # upstream re-letters the example's answers
         example = example.replace(name, "".join(rng.choices(string.ascii_uppercase, k=len(name))))
@@ -216,7 +226,7 @@ def _cwe_builder(rng: random.Random, length: int) -> Callable[[int], str]:
     order_seed = rng.random()
 
     def build(n: int) -> str:
-        word_list = words[:10] * (6 if short else 30) + words[10:10 + n] * (1 if short else 3)
+        word_list = words[:10] * (6 if short else 30) + words[10 : 10 + n] * (1 if short else 3)
         random.Random(order_seed).shuffle(word_list)
         return example + "\n" + CWE_TEMPLATE.format(context=_numbered(word_list)) + CWE_ANSWER
 
@@ -228,7 +238,7 @@ def _cwe_builder(rng: random.Random, length: int) -> Callable[[int], str]:
 
 def _zeta(alpha: float, terms: int = 10000) -> float:
     """Riemann zeta for alpha > 1 (partial sum plus Euler-Maclaurin tail)."""
-    return sum(k ** -alpha for k in range(1, terms)) + terms ** (1 - alpha) / (alpha - 1) + terms ** -alpha / 2
+    return sum(k**-alpha for k in range(1, terms)) + terms ** (1 - alpha) / (alpha - 1) + terms**-alpha / 2
 
 
 def _fwe_builder(rng: random.Random, length: int, alpha: float = 2.0) -> Callable[[int], str]:
@@ -244,7 +254,7 @@ def _fwe_builder(rng: random.Random, length: int, alpha: float = 2.0) -> Callabl
     norm = _zeta(alpha)
 
     def build(n: int) -> str:
-        words = [w for k, w in enumerate(ranked, 1) for _ in range(int(n * k ** -alpha / norm))]
+        words = [w for k, w in enumerate(ranked, 1) for _ in range(int(n * k**-alpha / norm))]
         random.Random(order_seed).shuffle(words)
         return FWE_TEMPLATE.format(context=" ".join(words)) + FWE_ANSWER
 
@@ -253,8 +263,15 @@ def _fwe_builder(rng: random.Random, length: int, alpha: float = 2.0) -> Callabl
     return build
 
 
-def _sample(task: str, build_for: Callable[..., Callable[[int], str]], tokenizer, length: int, index: int, seed: int,
-            depths=None) -> Sample:
+def _sample(
+    task: str,
+    build_for: Callable[..., Callable[[int], str]],
+    tokenizer,
+    length: int,
+    index: int,
+    seed: int,
+    depths=None,
+) -> Sample:
     """Sample ``index`` of ``task`` sized to ``length`` tokens. Single-needle NIAH tasks put the
     needle at ``depths[index % len(depths)]`` (a random depth when ``depths`` is None)."""
     info = TASKS[task]
@@ -263,14 +280,25 @@ def _sample(task: str, build_for: Callable[..., Callable[[int], str]], tokenizer
     build = build_for(rng, tokenizer, length, depth, f"{seed}/{task}/{length}/{index}")
     budget = length - info.max_new_tokens
     try:
-        n = largest_fitting(build, lambda text: count_tokens(tokenizer, text) <= budget, start=16,
-                            limit=getattr(build, "limit", None))
+        n = largest_fitting(
+            build, lambda text: count_tokens(tokenizer, text) <= budget, start=16, limit=getattr(build, "limit", None)
+        )
     except ValueError:
         raise ValueError(f"length {length} is too short for {task}") from None
     prompt = build(n).rstrip()
-    return Sample(task, length, index, prompt, list(build.answers), info.metric, info.max_new_tokens,
-                  count_tokens(tokenizer, prompt), depth, {"haystack_units": n, "comparable_with_ruler": info.comparable},
-                  answer_prefix=build.answer_prefix)
+    return Sample(
+        task,
+        length,
+        index,
+        prompt,
+        list(build.answers),
+        info.metric,
+        info.max_new_tokens,
+        count_tokens(tokenizer, prompt),
+        depth,
+        {"haystack_units": n, "comparable_with_ruler": info.comparable},
+        answer_prefix=build.answer_prefix,
+    )
 
 
 def make_sample(task: str, tokenizer, length: int, index: int, seed: int, depths=None) -> Sample:
@@ -279,8 +307,16 @@ def make_sample(task: str, tokenizer, length: int, index: int, seed: int, depths
 
 
 def _task(name: str, max_new_tokens: int, comparable: bool, has_depths: bool, build_for) -> Task:
-    return Task(name, GENERATE, "ruler", max_new_tokens, "string_match_all", has_depths, comparable,
-                partial(_sample, name, build_for))
+    return Task(
+        name,
+        GENERATE,
+        "ruler",
+        max_new_tokens,
+        "string_match_all",
+        has_depths,
+        comparable,
+        partial(_sample, name, build_for),
+    )
 
 
 def _niah(spec: NiahSpec):
@@ -288,11 +324,24 @@ def _niah(spec: NiahSpec):
 
 
 TASKS: dict[str, Task] = {
-    name: _task(name, 128, spec.haystack != "essay", spec.num_needle_k * spec.num_needle_v == 1
-                and spec.num_needle_q == 1 and spec.haystack != "needle", _niah(spec))
+    name: _task(
+        name,
+        128,
+        spec.haystack != "essay",
+        spec.num_needle_k * spec.num_needle_v == 1 and spec.num_needle_q == 1 and spec.haystack != "needle",
+        _niah(spec),
+    )
     for name, spec in NIAH_TASKS.items()
 }
-TASKS["vt"] = _task("vt", 30, True, False, lambda rng, tokenizer, length, depth, seed_text: _vt_builder(rng, tokenizer, TASKS["vt"].max_new_tokens))
-TASKS["cwe"] = _task("cwe", 120, True, False, lambda rng, tokenizer, length, depth, seed_text: _cwe_builder(rng, length))
+TASKS["vt"] = _task(
+    "vt",
+    30,
+    True,
+    False,
+    lambda rng, tokenizer, length, depth, seed_text: _vt_builder(rng, tokenizer, TASKS["vt"].max_new_tokens),
+)
+TASKS["cwe"] = _task(
+    "cwe", 120, True, False, lambda rng, tokenizer, length, depth, seed_text: _cwe_builder(rng, length)
+)
 TASKS["fwe"] = _task("fwe", 50, True, False, lambda rng, tokenizer, length, depth, seed_text: _fwe_builder(rng, length))
 SINGLE_NEEDLE = [name for name, task in TASKS.items() if task.has_depths]

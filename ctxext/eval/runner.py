@@ -25,9 +25,9 @@ from ..core.validate import check_count, check_dtype, check_fraction, check_leng
 from ..errors import CtxextError, one_line
 from ..model.loading import check_device, load_tokenizer, load_weights, model_config
 from . import perplexity
+from .backend import Setup, TransformersBackend
 from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL, THRESHOLD
 from .lm_eval_bridge import evaluate, require_lm_eval, task_manager
-from .backend import Setup, TransformersBackend
 from .loop import WindowSettings, run_units
 from .passkey import PasskeyResult, run_samples
 from .samples import Sample
@@ -66,8 +66,20 @@ class EvalConfig:
 
     def settings(self) -> dict:
         """What the logged records depend on; a resumed run must agree on all of it."""
-        keys = ("model", "factor", "target_length", "params", "depths", "seed", "dtype", "ppl_stride",
-                "ppl_bucket", "text_file", "text_dataset", "lm_eval_limit")
+        keys = (
+            "model",
+            "factor",
+            "target_length",
+            "params",
+            "depths",
+            "seed",
+            "dtype",
+            "ppl_stride",
+            "ppl_bucket",
+            "text_file",
+            "text_dataset",
+            "lm_eval_limit",
+        )
         values = {k: getattr(self, k) for k in keys}
         values["depths"] = list(values["depths"]) if values["depths"] is not None else None
         if self.as_loaded:  # only when set, so that runs from before the field resume as they were
@@ -139,8 +151,11 @@ def _check_values(config: EvalConfig) -> None:
     for name in ("ppl_stride", "ppl_windows", "ppl_bucket"):
         check_count(getattr(config, name), "--" + name.replace("_", "-"))
     threshold = config.threshold
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
-            math.isfinite(threshold) and 0 <= threshold <= 100):
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not (math.isfinite(threshold) and 0 <= threshold <= 100)
+    ):
         raise CtxextError(f"--threshold is a score between 0 and 100, got {threshold!r}")
     if config.lm_eval_limit is not None:
         check_count(config.lm_eval_limit, "--lm-eval-limit")
@@ -172,13 +187,25 @@ def _check_methods(config: EvalConfig, model_config) -> None:
         flags = ", ".join("--" + p.replace("_", "-") for p in unused)
         raise CtxextError(f"{flags}: not a parameter of {', '.join(config.methods)} (see 'ctxext methods')")
     for method in config.methods:
-        plan_extension(model_config, method, factor=config.factor, target_length=config.target_length,
-                          replace=config.replace, params=method_params(method, config.params), restore_first=True)
+        plan_extension(
+            model_config,
+            method,
+            factor=config.factor,
+            target_length=config.target_length,
+            replace=config.replace,
+            params=method_params(method, config.params),
+            restore_first=True,
+        )
 
 
 def _lm_eval_metadata(config: EvalConfig, location: ModelLocation) -> dict:
-    return {"tokenizer": str(location.directory), "gguf_file": location.gguf_file,
-            "max_seq_lengths": config.lengths, "num_samples": config.samples, "seed": config.seed}
+    return {
+        "tokenizer": str(location.directory),
+        "gguf_file": location.gguf_file,
+        "max_seq_lengths": config.lengths,
+        "num_samples": config.samples,
+        "seed": config.seed,
+    }
 
 
 def _lm_eval_own_tasks(tasks: list[str]) -> list[str]:
@@ -186,7 +213,7 @@ def _lm_eval_own_tasks(tasks: list[str]) -> list[str]:
     found: list[str] = []
     for name in tasks:
         if name.startswith("ctxext_"):
-            own = name[len("ctxext_"):]
+            own = name[len("ctxext_") :]
             found += GROUPS[own] if own in GROUPS else generation_tasks([own]) if own in TASK_NAMES else []
     return list(dict.fromkeys(found))
 
@@ -195,11 +222,16 @@ def build_samples(config: EvalConfig, tokenizer, model_config, todo) -> dict[tup
     """Every prompt of ``todo``, built with the tokenizer alone (shortest first, so that a length too short
     for a task fails at once), keyed (task, length, index); also the ctxext_* lm-eval tasks' shortest prompt."""
     keys = sorted({(length, task, index) for _, task, length, index in todo if get_task(task).generates})
-    samples = {(task, length, index): make_sample(task, tokenizer, length, index, config.seed, config.depths)
-               for length, task, index in keys}
+    samples = {
+        (task, length, index): make_sample(task, tokenizer, length, index, config.seed, config.depths)
+        for length, task, index in keys
+    }
     shortest = min(config.lengths)
-    checks = [make_sample(task, tokenizer, shortest, 0, config.seed, DEFAULT_DEPTHS)
-              for task in _lm_eval_own_tasks(config.lm_eval_tasks) if (task, shortest, 0) not in samples]
+    checks = [
+        make_sample(task, tokenizer, shortest, 0, config.seed, DEFAULT_DEPTHS)
+        for task in _lm_eval_own_tasks(config.lm_eval_tasks)
+        if (task, shortest, 0) not in samples
+    ]
     for sample in [*samples.values(), *checks]:
         ids = tokenizer(sample.prompt, add_special_tokens=True)["input_ids"]
         if ids:
@@ -211,8 +243,9 @@ def setups(config: EvalConfig) -> dict[str, Setup]:
     """Each configuration of the run by its label: the baseline, then each method with its parameters."""
     found = {BASELINE: Setup(None)}
     for method in config.methods:
-        found[method] = Setup(method, method_params(method, config.params), config.factor, config.target_length,
-                              config.replace)
+        found[method] = Setup(
+            method, method_params(method, config.params), config.factor, config.target_length, config.replace
+        )
     return found
 
 
@@ -225,20 +258,30 @@ def load_model(config: EvalConfig):
         raise CtxextError(f"--device {config.device}: cannot move the model there ({one_line(exc)})") from None
 
 
-def passkey_check(model: str, length: int, depths: list[float], seed: int = 0, dtype: str = "float32",
-                  device: str = "cpu") -> list[PasskeyResult]:
+def passkey_check(
+    model: str, length: int, depths: list[float], seed: int = 0, dtype: str = "float32", device: str = "cpu"
+) -> list[PasskeyResult]:
     """``ctxext passkey``: one eval passkey prompt per depth on a (patched) checkpoint, as it loads.
 
     Every argument is checked, and every prompt built with the tokenizer, before the model loads.
     """
     if depths is None or isinstance(depths, str) or not list(depths):
         raise CtxextError("give at least one needle depth in [0, 1]")
-    config = EvalConfig(model=model, out=Path(), lengths=[length], samples=len(depths), depths=list(depths), seed=seed,
-                        dtype=dtype, device=device)
+    config = EvalConfig(
+        model=model,
+        out=Path(),
+        lengths=[length],
+        samples=len(depths),
+        depths=list(depths),
+        seed=seed,
+        dtype=dtype,
+        device=device,
+    )
     checked = check_config(config)
     tokenizer = load_tokenizer(checked.location)
-    samples = build_samples(config, tokenizer, checked.model_config,
-                            [(BASELINE, "passkey", length, index) for index in range(len(depths))])
+    samples = build_samples(
+        config, tokenizer, checked.model_config, [(BASELINE, "passkey", length, index) for index in range(len(depths))]
+    )
     loaded = load_model(config)
     return run_samples(loaded, tokenizer, [samples["passkey", length, index] for index in range(len(depths))])
 
@@ -267,18 +310,28 @@ def plan_units(config: EvalConfig, n_corpus_tokens: int | None) -> list[tuple[st
     return units
 
 
-def run_lm_eval_tasks(backend: TransformersBackend, manager, config: EvalConfig, store: RecordStore,
-                      max_length: int) -> None:
+def run_lm_eval_tasks(
+    backend: TransformersBackend, manager, config: EvalConfig, store: RecordStore, max_length: int
+) -> None:
     """Each method's lm-eval results, logged like samples so that a resumed run skips them."""
     tasks_key = ",".join(config.lm_eval_tasks)
     for label, setup in setups(config).items():
         if (label, LM_EVAL, 0, tasks_key) in store:
             continue
         backend.use(setup)
-        results = evaluate(backend.model, backend.tokenizer, config.lm_eval_tasks, max_length, manager,
-                           config.lm_eval_limit)
-        store.add({"method": label, "task": LM_EVAL, "length": 0, "sample": tasks_key, "results": results,
-                   "max_length": max_length})
+        results = evaluate(
+            backend.model, backend.tokenizer, config.lm_eval_tasks, max_length, manager, config.lm_eval_limit
+        )
+        store.add(
+            {
+                "method": label,
+                "task": LM_EVAL,
+                "length": 0,
+                "sample": tasks_key,
+                "results": results,
+                "max_length": max_length,
+            }
+        )
 
 
 def run(config: EvalConfig) -> dict:
@@ -310,7 +363,12 @@ def run(config: EvalConfig) -> dict:
     if config.lm_eval_tasks:
         run_lm_eval_tasks(backend, checked.lm_eval_manager, config, store, max(extended, *config.lengths))
     backend.close()
-    meta = {"native_length": native, "extended_length": extended, "corpus": corpus[1] if corpus else None,
-            "corpus_tokens": None if ids is None else len(ids), "device": str(next(model.parameters()).device)}
+    meta = {
+        "native_length": native,
+        "extended_length": extended,
+        "corpus": corpus[1] if corpus else None,
+        "corpus_tokens": None if ids is None else len(ids),
+        "device": str(next(model.parameters()).device),
+    }
     store.begin()
     return write_report(config, [store.records[u] for u in units], store, meta)

@@ -37,7 +37,7 @@ class Sample:
         """The prompt without its answer prefix: ``question + " " + answer_prefix == prompt``."""
         if not self.answer_prefix:
             return self.prompt
-        return self.prompt[:-len(" " + self.answer_prefix)]
+        return self.prompt[: -len(" " + self.answer_prefix)]
 
 
 def sample_rng(seed: int, task: str, length: int, index: int) -> random.Random:

@@ -35,8 +35,7 @@ def string_match_part(generated: str, references: list[str]) -> float:
     return 100.0 if any(ref.lower() in pred for ref in references) else 0.0
 
 
-METRICS = {"first_integer": passkey_score, "string_match_all": string_match_all,
-           "string_match_part": string_match_part}
+METRICS = {"first_integer": passkey_score, "string_match_all": string_match_all, "string_match_part": string_match_part}
 
 
 def score(metric: str, generated: str, references: list[str]) -> float:

@@ -61,20 +61,24 @@ class RecordStore:
         settings_path = out / SETTINGS
         if not settings_path.exists():
             if any(out.iterdir()):
-                raise CtxextError(f"{out}: the directory is not empty and holds no ctxext eval run (no {SETTINGS}); "
-                                  "give a new or empty --out directory")
+                raise CtxextError(
+                    f"{out}: the directory is not empty and holds no ctxext eval run (no {SETTINGS}); "
+                    "give a new or empty --out directory"
+                )
             return
         try:
             saved = json.loads(settings_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError):
             saved = None
         if not isinstance(saved, dict) or not {"model", "seed"} <= set(saved):
-            raise CtxextError(f"{settings_path} is not the settings file of a ctxext eval run; "
-                              "give a new or empty --out directory")
+            raise CtxextError(
+                f"{settings_path} is not the settings file of a ctxext eval run; give a new or empty --out directory"
+            )
         changed = sorted(k for k in set(saved) | set(self.settings) if saved.get(k) != self.settings.get(k))
         if changed:
-            raise CtxextError(f"{out} holds a run with other settings ({', '.join(changed)}); "
-                              "use another --out directory")
+            raise CtxextError(
+                f"{out} holds a run with other settings ({', '.join(changed)}); use another --out directory"
+            )
         self._started = True  # the folder and its run.json exist already
 
     def _read_records(self) -> None:
@@ -90,8 +94,9 @@ class RecordStore:
                 record = json.loads(line)
                 self.records[record_key(record)] = record
             except (ValueError, KeyError, TypeError):
-                raise CtxextError(f"{path}:{number}: not a ctxext eval record; the run's log is damaged "
-                                  "(use another --out directory)") from None
+                raise CtxextError(
+                    f"{path}:{number}: not a ctxext eval record; the run's log is damaged (use another --out directory)"
+                ) from None
 
     def begin(self) -> None:
         """Create the folder and its ``run.json`` (once every check passed); trim a cut-short last record."""

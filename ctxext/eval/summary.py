@@ -32,13 +32,24 @@ def task_average(scores: dict[str, dict[int, float]], tasks: list[str], lengths:
     return {L: mean(scores[t][L] for t in tasks) for L in lengths if all(L in scores[t] for t in tasks)}
 
 
-def summarize(records: list[dict], methods: list[str], tasks: list[str], lengths: list[int],
-              depth_grid: list[float], threshold: float) -> dict:
+def summarize(
+    records: list[dict],
+    methods: list[str],
+    tasks: list[str],
+    lengths: list[int],
+    depth_grid: list[float],
+    threshold: float,
+) -> dict:
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         by_key[r["method"], r["task"], r["length"]].append(r)
-    scores = {m: {t: {L: mean(r["score"] for r in by_key[m, t, L]) for L in lengths if by_key[m, t, L]}
-                  for t in generation_tasks(tasks)} for m in methods}
+    scores = {
+        m: {
+            t: {L: mean(r["score"] for r in by_key[m, t, L]) for L in lengths if by_key[m, t, L]}
+            for t in generation_tasks(tasks)
+        }
+        for m in methods
+    }
     ruler_tasks = [t for t in tasks if get_task(t).family == "ruler"]
     summary: dict = {"scores": scores, "threshold": threshold, "ruler_tasks": ruler_tasks}
     if ruler_tasks:
@@ -71,5 +82,11 @@ def _ppl(windows: list[dict]) -> dict:
     n = sum(w["n_scored"] for w in windows)
     buckets = [sum(v) for v in zip(*(w["bucket_nll"] for w in windows))]
     counts = [sum(v) for v in zip(*(w["bucket_count"] for w in windows))]
-    return {"nll": nll / n, "ppl": math.exp(nll / n), "tokens": n, "windows": len(windows),
-            "bucket_nll": [b / c for b, c in zip(buckets, counts)], "bucket_size": counts[0] // len(windows)}
+    return {
+        "nll": nll / n,
+        "ppl": math.exp(nll / n),
+        "tokens": n,
+        "windows": len(windows),
+        "bucket_nll": [b / c for b, c in zip(buckets, counts)],
+        "bucket_size": counts[0] // len(windows),
+    }

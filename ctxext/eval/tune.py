@@ -3,9 +3,9 @@
 Each candidate of :data:`CANDIDATES` (``methods`` restricts them by method name) is applied to the model
 with ``extend`` and scored on a few prompts of two prose retrieval tasks at the target length
 (``niah_single_2`` and ``niah_multikey_1``: passkey's one repeated sentence ranks methods wrongly; any
-retrieval task can be asked for; default 2 depths x 1 key per task), the same prompts at a short length inside the native length L
-(min(L/2, 4096)) and, unless ``ppl=False``, one perplexity window at the target length. The unpatched
-model answers the short prompts too. Ranking (:func:`rank`):
+retrieval task can be asked for; default 2 depths x 1 key per task), the same prompts at a short length
+inside the native length L (min(L/2, 4096)) and, unless ``ppl=False``, one perplexity window at the
+target length. The unpatched model answers the short prompts too. Ranking (:func:`rank`):
 
 1. a candidate whose short-context score is below the unpatched model's ranks below every one that is not;
 2. then, with a budget (``budget_minutes``), the more successive-halving rounds survived;
@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
 
 from .. import auto
 from ..checkpoint.atomic import write_json
@@ -48,10 +47,10 @@ from ..core.validate import check_count, check_fraction, check_length
 from ..errors import CtxextError
 from ..model.loading import load_tokenizer
 from . import perplexity
-from .constants import BASELINE
 from .backend import Setup, TransformersBackend
-from .loop import WindowSettings, run_units
+from .constants import BASELINE
 from .longrope_search import check_budget, search
+from .loop import WindowSettings, run_units
 from .runner import EvalConfig, build_samples, check_config, load_model
 from .store import RecordStore
 from .tasks import PPL, TASK_NAMES, generation_tasks
@@ -78,6 +77,7 @@ def _self_extend(window_fraction: float) -> Callable[[int, int], dict]:
     def params(native: int, target: int) -> dict:
         window = max(1, int(native * window_fraction))
         return {"window": window, "group_size": max(1, math.ceil((target - window) / (native - window)))}
+
     return params
 
 
@@ -118,10 +118,23 @@ class Row:
 def rank(rows: list[Row], baseline_short: float | None) -> list[Row]:
     """Rows best first (see the module docstring); sets ``short_loss``."""
     for row in rows:
-        row.short_loss = row.error is None and baseline_short is not None and row.short_score is not None \
+        row.short_loss = (
+            row.error is None
+            and baseline_short is not None
+            and row.short_score is not None
             and row.short_score < baseline_short
-    return sorted(rows, key=lambda r: (r.error is not None, r.short_loss, -r.rounds, -(r.target_score or 0.0),
-                                       r.perplexity if r.perplexity is not None else math.inf, r.index))
+        )
+    return sorted(
+        rows,
+        key=lambda r: (
+            r.error is not None,
+            r.short_loss,
+            -r.rounds,
+            -(r.target_score or 0.0),
+            r.perplexity if r.perplexity is not None else math.inf,
+            r.index,
+        ),
+    )
 
 
 def seeded_order(count: int, seed: int) -> list[int]:
@@ -174,45 +187,91 @@ class TuneResult:
     plan: list[str] = field(default_factory=list)  # what the successive halving did, round by round
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "target_length": self.target_length, "short_length": self.short_length,
-                "native_length": self.native_length, "tasks": self.tasks, "baseline_short_score": self.baseline_short,
-                "winner": self.winner, "config_only_winner": self.config_only_winner,
-                "budget_minutes": self.budget_minutes, "plan": self.plan,
-                "ranking": [vars(r) for r in self.rows], "cache": str(self.cache)}
+        return {
+            "model": self.model,
+            "target_length": self.target_length,
+            "short_length": self.short_length,
+            "native_length": self.native_length,
+            "tasks": self.tasks,
+            "baseline_short_score": self.baseline_short,
+            "winner": self.winner,
+            "config_only_winner": self.config_only_winner,
+            "budget_minutes": self.budget_minutes,
+            "plan": self.plan,
+            "ranking": [vars(r) for r in self.rows],
+            "cache": str(self.cache),
+        }
 
     @classmethod
-    def from_dict(cls, data: dict, out: Path, cache: Path) -> "TuneResult":
+    def from_dict(cls, data: dict, out: Path, cache: Path) -> TuneResult:
         rows = [Row(**r) for r in data["ranking"]]
-        return cls(data["model"], data["target_length"], data["short_length"], data["native_length"], rows,
-                   data["baseline_short_score"], data["winner"], True, out, cache, data["tasks"],
-                   data.get("config_only_winner"), data.get("budget_minutes"), data.get("plan", []))
+        return cls(
+            data["model"],
+            data["target_length"],
+            data["short_length"],
+            data["native_length"],
+            rows,
+            data["baseline_short_score"],
+            data["winner"],
+            True,
+            out,
+            cache,
+            data["tasks"],
+            data.get("config_only_winner"),
+            data.get("budget_minutes"),
+            data.get("plan", []),
+        )
 
     def lines(self) -> list[str]:
-        head = ["rank", "method", "parameters", f"retrieval@{self.target_length}", f"short@{self.short_length}",
-                "ppl", "seconds"]
-        table = [[str(i + 1), r.method, ", ".join(f"{k}={_shown(v)}" for k, v in sorted(r.params.items())) or "-",
-                  _num(r.target_score), _num(r.short_score) + (" (loss)" if r.short_loss else ""),
-                  _num(r.perplexity, 2), f"{r.seconds:.1f}" if r.error is None else f"failed: {r.error}"]
-                 for i, r in enumerate(self.rows)]
+        head = [
+            "rank",
+            "method",
+            "parameters",
+            f"retrieval@{self.target_length}",
+            f"short@{self.short_length}",
+            "ppl",
+            "seconds",
+        ]
+        table = [
+            [
+                str(i + 1),
+                r.method,
+                ", ".join(f"{k}={_shown(v)}" for k, v in sorted(r.params.items())) or "-",
+                _num(r.target_score),
+                _num(r.short_score) + (" (loss)" if r.short_loss else ""),
+                _num(r.perplexity, 2),
+                f"{r.seconds:.1f}" if r.error is None else f"failed: {r.error}",
+            ]
+            for i, r in enumerate(self.rows)
+        ]
         widths = [max(len(row[i]) for row in [head, *table]) for i in range(len(head))]
-        lines = [f"tune of {self.model} for {self.target_length} tokens (native {self.native_length}); unpatched "
-                 f"at {self.short_length}: {_num(self.baseline_short)}" + (" (cached)" if self.cached else "")]
+        lines = [
+            f"tune of {self.model} for {self.target_length} tokens (native {self.native_length}); unpatched "
+            f"at {self.short_length}: {_num(self.baseline_short)}" + (" (cached)" if self.cached else "")
+        ]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *table]]
         lines += [f"budget: {line}" for line in self.plan]
         best = self.rows[0] if self.rows else None
-        lines.append(f"winner: {self.winner['label']}" + (
-            "; no candidate retrieved anything at the target length (ranked by short context and perplexity)"
-            if best is not None and not best.target_score else ""))
+        lines.append(
+            f"winner: {self.winner['label']}"
+            + (
+                "; no candidate retrieved anything at the target length (ranked by short context and perplexity)"
+                if best is not None and not best.target_score
+                else ""
+            )
+        )
         if self.config_only_winner is not None and self.config_only_winner != self.winner:
             lines.append(f"config-only winner (ctxext patch --method auto): {self.config_only_winner['label']}")
         for row in self.rows:
             if row.search is not None:
                 found = row.search
                 start = ", ".join(f"{k} {v:.3f}" for k, v in found["start"].items())
-                lines.append(f"longrope search: population {found['population']}, {found['iterations']} iterations, "
-                             f"{found['candidates']} candidates, {found['seconds']:.0f} s; perplexity at "
-                             f"{self.target_length} on {found['windows']} window(s): {found['perplexity']:.3f} "
-                             f"(start, as longrope factors: {start}); factors: {self.out / FACTORS_FILE}")
+                lines.append(
+                    f"longrope search: population {found['population']}, {found['iterations']} iterations, "
+                    f"{found['candidates']} candidates, {found['seconds']:.0f} s; perplexity at "
+                    f"{self.target_length} on {found['windows']} window(s): {found['perplexity']:.3f} "
+                    f"(start, as longrope factors: {start}); factors: {self.out / FACTORS_FILE}"
+                )
         lines.append(f"written: {self.out / RESULT}; cache: {self.cache}")
         return lines
 
@@ -232,11 +291,26 @@ def _pick(row: Row) -> dict:
     return {"method": row.method, "params": row.params, "label": row.label}
 
 
-def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-report", methods: list[str] | None = None,
-         short_length: int | None = None, depths: list[float] = DEPTHS, samples: int = 1, ppl: bool = True,
-         tasks: list[str] = TASKS, text_file: str | Path | None = None, search_minutes: float | None = None,
-         search_windows: int | None = None, budget_minutes: float | None = None,
-         seed: int = 0, dtype: str = "float32", device: str = "cpu", refresh: bool = False) -> TuneResult:
+def tune(
+    model: str | Path,
+    target_length: int,
+    *,
+    out: str | Path = "tune-report",
+    methods: list[str] | None = None,
+    short_length: int | None = None,
+    depths: list[float] = DEPTHS,
+    samples: int = 1,
+    ppl: bool = True,
+    tasks: list[str] = TASKS,
+    text_file: str | Path | None = None,
+    search_minutes: float | None = None,
+    search_windows: int | None = None,
+    budget_minutes: float | None = None,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
+    refresh: bool = False,
+) -> TuneResult:
     """Rank the candidate methods for ``model`` at ``target_length``; see the module docstring.
 
     ``samples`` keys per depth; ``short_length`` defaults to min(L/2, 4096); ``tasks``: retrieval tasks
@@ -258,13 +332,26 @@ def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-repor
     if not tasks or any(t not in retrieval for t in tasks):
         got = ", ".join(map(str, tasks)) or "none"
         raise CtxextError(f"tune scores retrieval tasks ({', '.join(retrieval)}), got {got}")
-    if budget_minutes is not None and (isinstance(budget_minutes, bool) or not isinstance(budget_minutes, (int, float))
-                                       or not math.isfinite(budget_minutes) or budget_minutes <= 0):
+    if budget_minutes is not None and (
+        isinstance(budget_minutes, bool)
+        or not isinstance(budget_minutes, (int, float))
+        or not math.isfinite(budget_minutes)
+        or budget_minutes <= 0
+    ):
         raise CtxextError(f"--budget-minutes must be a positive number of minutes, got {budget_minutes!r}")
     out = Path(out)
-    config = EvalConfig(model=str(model), out=out, tasks=[*tasks, *([PPL] if ppl else [])],
-                        samples=samples * len(depths), depths=list(depths), seed=seed, dtype=dtype, device=device,
-                        lengths=[target_length], text_file=None if text_file is None else str(text_file))
+    config = EvalConfig(
+        model=str(model),
+        out=out,
+        tasks=[*tasks, *([PPL] if ppl else [])],
+        samples=samples * len(depths),
+        depths=list(depths),
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        lengths=[target_length],
+        text_file=None if text_file is None else str(text_file),
+    )
     checked = check_config(config)
     native = native_length(checked.model_config)
     if target_length <= native:
@@ -280,15 +367,18 @@ def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-repor
     check_count(search_windows, "--search-windows")
     for row in rows:
         params = {"long_factor": 1.0} if row is searched else row.params  # the searched factors come later
-        plan_extension(checked.model_config, row.method, target_length=target_length, params=params,
-                       restore_first=True)
+        plan_extension(checked.model_config, row.method, target_length=target_length, params=params, restore_first=True)
     corpus = perplexity.load_corpus(text_file)[0] if ppl or searched else None
     cache = auto.cache_path(model, checked.location.directory, target_length)
     cached = None if refresh else auto.read_cached(model, checked.location.directory, target_length)
     wanted = {r.label for r in rows}
-    if cached is not None and {r["label"] for r in cached["ranking"]} == wanted \
-            and cached.get("short_length") == short and cached.get("tasks") == tasks \
-            and cached.get("budget_minutes") == budget_minutes:
+    if (
+        cached is not None
+        and {r["label"] for r in cached["ranking"]} == wanted
+        and cached.get("short_length") == short
+        and cached.get("tasks") == tasks
+        and cached.get("budget_minutes") == budget_minutes
+    ):
         result = TuneResult.from_dict(cached, out, cache)
         _write(out, result)
         return result
@@ -312,17 +402,22 @@ def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-repor
     windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
 
     def run(todo: list[tuple]) -> None:
-        samples_by_key.update(build_samples(config, tokenizer, checked.model_config,
-                                            [u for u in todo if (u[1], u[2], u[3]) not in samples_by_key]))
-        failed = run_units(backend, todo, setups, samples_by_key, store, windows=windows, desc="tune",
-                           skip_failed=True)
+        samples_by_key.update(
+            build_samples(
+                config, tokenizer, checked.model_config, [u for u in todo if (u[1], u[2], u[3]) not in samples_by_key]
+            )
+        )
+        failed = run_units(backend, todo, setups, samples_by_key, store, windows=windows, desc="tune", skip_failed=True)
         for row in rows:
             row.error = failed.get(row.label, row.error)
 
     if todo:
         run(todo)
-    plan = _halve(rows, store, run, config.samples, tasks, target_length, budget_minutes * 60) \
-        if budget_minutes is not None else []
+    plan = (
+        _halve(rows, store, run, config.samples, tasks, target_length, budget_minutes * 60)
+        if budget_minutes is not None
+        else []
+    )
     if backend is not None:
         backend.close()
     store.begin()
@@ -335,15 +430,36 @@ def tune(model: str | Path, target_length: int, *, out: str | Path = "tune-repor
             row.seconds = round(sum(r["seconds"] for k, r in store.records.items() if k[0] == row.label), 3)
     ranked = rank(rows, baseline_short)
     config_only = next((r for r in ranked if r.error is None and get_method(r.method).stock_loadable), None)
-    result = TuneResult(str(model), target_length, short, native, ranked, baseline_short, _pick(ranked[0]), False,
-                        out, cache, tasks, None if config_only is None else _pick(config_only), budget_minutes, plan)
+    result = TuneResult(
+        str(model),
+        target_length,
+        short,
+        native,
+        ranked,
+        baseline_short,
+        _pick(ranked[0]),
+        False,
+        out,
+        cache,
+        tasks,
+        None if config_only is None else _pick(config_only),
+        budget_minutes,
+        plan,
+    )
     auto.write_cached(model, checked.location.directory, target_length, result.to_dict())
     _write(out, result)
     return result
 
 
-def _halve(rows: list[Row], store: RecordStore, run: Callable[[list[tuple]], None], per_depths: int,
-           tasks: list[str], target: int, budget_seconds: float) -> list[str]:
+def _halve(
+    rows: list[Row],
+    store: RecordStore,
+    run: Callable[[list[tuple]], None],
+    per_depths: int,
+    tasks: list[str],
+    target: int,
+    budget_seconds: float,
+) -> list[str]:
     """Successive halving after the first round: keep the better half (by retrieval at the target length so
     far), give each survivor ``per_depths`` more prompts per task, while the budget lasts.
 
@@ -355,8 +471,10 @@ def _halve(rows: list[Row], store: RecordStore, run: Callable[[list[tuple]], Non
     spent = sum(r.get("seconds", 0.0) for r in store.records.values())
     prompts = [r["seconds"] for k, r in store.records.items() if k[2] == target and k[1] in tasks]
     per_prompt = sum(prompts) / len(prompts) if prompts else 0.0
-    plan = [f"{budget_seconds / 60:g} min; round 1: {len(alive)} candidates x {per_depths * len(tasks)} prompts at "
-            f"{target} (+ the short-context guard), {spent:.0f} s, {per_prompt:.1f} s per prompt"]
+    plan = [
+        f"{budget_seconds / 60:g} min; round 1: {len(alive)} candidates x {per_depths * len(tasks)} prompts at "
+        f"{target} (+ the short-context guard), {spent:.0f} s, {per_prompt:.1f} s per prompt"
+    ]
     scored = 1
     while len(alive) > 1:
         for row in alive:
@@ -364,8 +482,10 @@ def _halve(rows: list[Row], store: RecordStore, run: Callable[[list[tuple]], Non
         keep = sorted(alive, key=lambda r: (-(r.target_score or 0.0), r.index))[: math.ceil(len(alive) / 2)]
         cost = len(keep) * per_depths * len(tasks) * per_prompt
         if spent + cost > budget_seconds:
-            plan.append(f"round {scored + 1} would take about {cost:.0f} s with {budget_seconds - spent:.0f} s left: "
-                        f"stopped with {len(alive)} candidates")
+            plan.append(
+                f"round {scored + 1} would take about {cost:.0f} s with {budget_seconds - spent:.0f} s left: "
+                f"stopped with {len(alive)} candidates"
+            )
             break
         scored += 1
         indices = range((scored - 1) * per_depths, scored * per_depths)
@@ -374,13 +494,16 @@ def _halve(rows: list[Row], store: RecordStore, run: Callable[[list[tuple]], Non
         for row in alive:
             row.rounds = scored
         spent = sum(r.get("seconds", 0.0) for r in store.records.values())
-        plan.append(f"round {scored}: kept {', '.join(r.label for r in keep)}; {per_depths * len(tasks)} more "
-                    f"prompts each, {spent:.0f} s spent")
+        plan.append(
+            f"round {scored}: kept {', '.join(r.label for r in keep)}; {per_depths * len(tasks)} more "
+            f"prompts each, {spent:.0f} s spent"
+        )
     return plan
 
 
-def _units(rows: list[Row], config: EvalConfig, tasks: list[str], short: int, target: int, ppl: bool,
-           seed: int) -> list[tuple]:
+def _units(
+    rows: list[Row], config: EvalConfig, tasks: list[str], short: int, target: int, ppl: bool, seed: int
+) -> list[tuple]:
     count = config.samples
     units = [(BASELINE, task, short, i) for task in tasks for i in range(count)]
     for position in seeded_order(len(rows), seed):
@@ -416,4 +539,3 @@ def _write(out: Path, result: TuneResult) -> None:
             write_json(out / name, data, indent=1)
     except OSError as exc:
         raise CtxextError(f"{out}: cannot write {RESULT} there ({exc.strerror or exc})") from None
-

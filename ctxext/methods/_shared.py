@@ -19,7 +19,12 @@ def base_parameters(native: dict[str, Any]) -> dict[str, Any]:
 def whole(name: str, value, default: int, minimum: int = 1) -> int:
     """``value`` (or ``default`` when None) as an integer >= minimum, or a clear error."""
     value = default if value is None else value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
         raise CtxextError(f"parameter {name} must be a whole number, got {value!r}")
     if int(value) < minimum:
         raise CtxextError(f"parameter {name} must be at least {minimum}, got {int(value)}")

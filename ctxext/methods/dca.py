@@ -66,8 +66,9 @@ class DCARuntime(AttentionRuntime):
     def attend(self, call: Call):
         s = self.stride
         n, m = call.q.shape[2], call.k.shape[2]
-        tables = self.per_forward(("queries", call.position + call.q0, n, call.q.device),
-                                  lambda: self._query_rotations(call))
+        tables = self.per_forward(
+            ("queries", call.position + call.q0, n, call.q.device), lambda: self._query_rotations(call)
+        )
         q_next, q_far = apply_rotation(call.q, tables)
         scale = call.scale
         total = call.position + m
@@ -76,9 +77,11 @@ class DCARuntime(AttentionRuntime):
 
         def bands(i0, i1):
             start = ((call.position + i0) // s) * s - call.position  # key index of the query chunk's start
-            return [Band(call.q, call.k, call.v, lo=start),
-                    Band(q_next, call.k, call.v, lo=start - s, hi=start),
-                    Band(q_far, call.k, call.v, lo=0, hi=start - s)]
+            return [
+                Band(call.q, call.k, call.v, lo=start),
+                Band(q_next, call.k, call.v, lo=start - s, hi=start),
+                Band(q_far, call.k, call.v, lo=0, hi=start - s),
+            ]
 
         blocks = []
         i = call.q0
@@ -98,11 +101,13 @@ class DCARuntime(AttentionRuntime):
         return rotation(deltas[:, None, None, :], call.inv_freq, call.q.device)
 
 
-register(AttentionMethod(
-    name="dca",
-    config_class=DCAConfig,
-    runtime=DCARuntime,
-    summary="Dual Chunk Attention: intra/successive/inter-chunk positions, all distances below the chunk size",
-    paper="https://arxiv.org/abs/2402.17463",
-    aliases=("dual-chunk",),
-))
+register(
+    AttentionMethod(
+        name="dca",
+        config_class=DCAConfig,
+        runtime=DCARuntime,
+        summary="Dual Chunk Attention: intra/successive/inter-chunk positions, all distances below the chunk size",
+        paper="https://arxiv.org/abs/2402.17463",
+        aliases=("dual-chunk",),
+    )
+)

@@ -59,13 +59,22 @@ _MASK32 = 0xFFFFFFFF
 
 @dataclass
 class GALIConfig(AttentionConfig):
-    local_window: int = param(128, "w: at least the last w keys keep exact distances (default 128, the "
-                                   "reference README; its expcfg file uses 1); must be below the original length")
-    logit_interpolation: bool = param(True, "fractional distances get the logit interpolated between the two "
-                                            "neighbouring integer distances (the reference's appro_attn, default "
-                                            "on); off: keys rotated to the fractional position (plain interpolation)")
-    noise: bool = param(True, "Gaussian noise on the interpolated logits, std = std_base x distance / length, "
-                              "on keys at non-integer positions (the reference's noise_type gaussian, default on)")
+    local_window: int = param(
+        128,
+        "w: at least the last w keys keep exact distances (default 128, the "
+        "reference README; its expcfg file uses 1); must be below the original length",
+    )
+    logit_interpolation: bool = param(
+        True,
+        "fractional distances get the logit interpolated between the two "
+        "neighbouring integer distances (the reference's appro_attn, default "
+        "on); off: keys rotated to the fractional position (plain interpolation)",
+    )
+    noise: bool = param(
+        True,
+        "Gaussian noise on the interpolated logits, std = std_base x distance / length, "
+        "on keys at non-integer positions (the reference's noise_type gaussian, default on)",
+    )
     std_base: float = param(1.0, "noise std at the largest distance (the reference's std_base, default 1.0)")
     noise_seed: int = param(0, "seed of the noise: the same seed gives the same logits (default 0)")
 
@@ -77,8 +86,9 @@ class GALIConfig(AttentionConfig):
         if self.std_base < 0:
             raise CtxextError(f"parameter std_base must be at least 0, got {self.std_base}")
         if self.noise and not self.logit_interpolation:
-            raise CtxextError("noise is part of the logit interpolation: "
-                              "with logit_interpolation=false set noise=false")
+            raise CtxextError(
+                "noise is part of the logit interpolation: with logit_interpolation=false set noise=false"
+            )
 
 
 def interpolation(lengths: torch.Tensor, original_length: int, local_window: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,8 +118,9 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
-def standard_normal(seed: int, layer: int, heads: int, query_positions: torch.Tensor,
-                    key_positions: torch.Tensor) -> torch.Tensor:
+def standard_normal(
+    seed: int, layer: int, heads: int, query_positions: torch.Tensor, key_positions: torch.Tensor
+) -> torch.Tensor:
     """One standard normal number (fp32) per (head, query position, key position): (heads, nq, nk).
 
     A pure function of its arguments (positions as int64 tensors on one device), so every call,
@@ -146,8 +157,10 @@ class GALIRuntime(AttentionRuntime):
         if not bool(fractional.any()):  # every query inside the original length: plain causal attention
             return band_attention(lambda i0, i1: [Band(call.q, call.k, call.v)], n, call.q0, call.scale)
         limits = (fractional - call.position).clamp(min=0)  # as key indexes: keys [0, limit) are fractional
-        tables = self.per_forward(("queries", call.position + call.q0, n, call.q.device),
-                                  lambda: rotation(self.length - lengths, call.inv_freq, call.q.device))
+        tables = self.per_forward(
+            ("queries", call.position + call.q0, n, call.q.device),
+            lambda: rotation(self.length - lengths, call.inv_freq, call.q.device),
+        )
         q_far = apply_rotation(call.q, tables)  # each query turned from its position to L - 1
         outputs, start = [], 0
         group_values, counts = torch.unique_consecutive(groups, return_counts=True)
@@ -183,12 +196,24 @@ class GALIRuntime(AttentionRuntime):
                 exact = (columns >= limit) & (columns <= query_index)
                 parts.append(attend(q[:, :, rows], call.k[:, :, lo:hi], call.v[:, :, lo:hi], call.scale, mask=exact))
                 if not noisy:
-                    parts.append(attend(q_far[:, :, rows], keys[:, :, lo:hi], values[:, :, lo:hi], call.scale,
-                                        mask=columns < limit))
+                    parts.append(
+                        attend(
+                            q_far[:, :, rows], keys[:, :, lo:hi], values[:, :, lo:hi], call.scale, mask=columns < limit
+                        )
+                    )
             if noisy:
                 query_positions = call.position + torch.arange(i0, i1, device=q.device)
-                parts.append(self._noisy_fractional(call, q_far[:, :, rows], keys[:, :, :hi], values[:, :, :hi],
-                                                    query_positions, limits[rows], group))
+                parts.append(
+                    self._noisy_fractional(
+                        call,
+                        q_far[:, :, rows],
+                        keys[:, :, :hi],
+                        values[:, :, :hi],
+                        query_positions,
+                        limits[rows],
+                        group,
+                    )
+                )
             return parts
 
         blocks = even_blocks(q0, q0 + t1 - t0, min(blockwise.BLOCK, STRIP_BLOCK))
@@ -196,8 +221,9 @@ class GALIRuntime(AttentionRuntime):
 
     def _fractional_keys(self, call: Call, group: int, width: int) -> torch.Tensor:
         """The first ``width`` keys as the fractional part sees them: at j / G, or mixed from ceil and floor."""
-        tables = self.per_forward(("keys", call.position, group, width, call.k.device),
-                                  lambda: self._key_rotations(call, group, width))
+        tables = self.per_forward(
+            ("keys", call.position, group, width, call.k.device), lambda: self._key_rotations(call, group, width)
+        )
         keys = call.k[:, :, :width].float()
         if not self.config.logit_interpolation:
             return apply_rotation(keys, tables).to(call.k.dtype)
@@ -213,11 +239,22 @@ class GALIRuntime(AttentionRuntime):
             return rotation(j / group - j, call.inv_freq, call.k.device)
         upper = -(-j // group)
         weight = ((upper * group - j) / group).float()[:, None]
-        return (rotation(upper - j, call.inv_freq, call.k.device),
-                rotation(j // group - j, call.inv_freq, call.k.device), weight)
+        return (
+            rotation(upper - j, call.inv_freq, call.k.device),
+            rotation(j // group - j, call.inv_freq, call.k.device),
+            weight,
+        )
 
-    def _noisy_fractional(self, call: Call, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                          query_positions: torch.Tensor, limits: torch.Tensor, group: int) -> Partial:
+    def _noisy_fractional(
+        self,
+        call: Call,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        query_positions: torch.Tensor,
+        limits: torch.Tensor,
+        group: int,
+    ) -> Partial:
         """Softmax part of queries q (at ``query_positions``) over their fractional keys [0, limit), from
         explicit logits plus noise; computed in chunks of queries whose scores hold at most SCORE_BUDGET elements."""
         b, hq, n, d = q.shape
@@ -247,11 +284,13 @@ class GALIRuntime(AttentionRuntime):
         return Partial(torch.cat(outs, dim=2), torch.cat(lses, dim=2))
 
 
-register(AttentionMethod(
-    name="gali",
-    config_class=GALIConfig,
-    runtime=GALIRuntime,
-    summary="GALI: greedy fractional positions for the current length, logits interpolated between integer "
-            "distances (plus distance-scaled noise)",
-    paper="https://arxiv.org/abs/2502.02659",
-))
+register(
+    AttentionMethod(
+        name="gali",
+        config_class=GALIConfig,
+        runtime=GALIRuntime,
+        summary="GALI: greedy fractional positions for the current length, logits interpolated between integer "
+        "distances (plus distance-scaled noise)",
+        paper="https://arxiv.org/abs/2502.02659",
+    )
+)

@@ -43,11 +43,16 @@ from ._shared import whole
 class LMInfiniteConfig(AttentionConfig):
     n_global: int = param(10, "leading tokens every query sees (default 10)")
     window: int | None = param(None, "local window in tokens (default the original length)")
-    top_k: int = param(0, "middle tokens (outside the window and the global tokens) each query head retrieves by "
-                          "top-k logits (default 0: off, the plain Lambda mask; the reference's passkey setting is 5)")
+    top_k: int = param(
+        0,
+        "middle tokens (outside the window and the global tokens) each query head retrieves by "
+        "top-k logits (default 0: off, the plain Lambda mask; the reference's passkey setting is 5)",
+    )
     top_k_from_layer: int = param(4, "first layer that retrieves top-k middle tokens (default 4, as the reference)")
-    top_k_distance: int | None = param(None, "distance at which retrieved middle tokens are scored "
-                                             "(default L // 2: 2048 for L = 4096, as the reference)")
+    top_k_distance: int | None = param(
+        None,
+        "distance at which retrieved middle tokens are scored (default L // 2: 2048 for L = 4096, as the reference)",
+    )
 
 
 class LMInfiniteRuntime(AttentionRuntime):
@@ -65,7 +70,8 @@ class LMInfiniteRuntime(AttentionRuntime):
         self.top_k_distance = whole("top_k_distance", config.top_k_distance, self.cap // 2, minimum=0)
         if self.top_k_distance > self.cap:
             raise CtxextError(
-                f"top_k_distance ({self.top_k_distance}) must not exceed the original length ({self.cap})")
+                f"top_k_distance ({self.top_k_distance}) must not exceed the original length ({self.cap})"
+            )
 
     def attend(self, call: Call):
         g = min(self.n_global, call.k.shape[2])
@@ -83,8 +89,9 @@ class LMInfiniteRuntime(AttentionRuntime):
             return found
 
         middle = self._middle_top_k(call, g) if self.top_k and call.module.layer_idx >= self.top_k_from_layer else None
-        return band_attention(bands, call.q.shape[2], call.q0, call.scale, narrowest=self.window - 1,
-                              extra_parts=middle)
+        return band_attention(
+            bands, call.q.shape[2], call.q0, call.scale, narrowest=self.window - 1, extra_parts=middle
+        )
 
     def _middle_top_k(self, call: Call, g: int):
         """``extra_parts`` for band_attention: a query block's top-k middle keys (g <= j <= i - window) scored
@@ -101,18 +108,21 @@ class LMInfiniteRuntime(AttentionRuntime):
             if i1 - self.window - g <= 0:  # no query of the block has a middle key yet
                 return []
             ends = (torch.arange(i0, i1, device=keys.device) - self.window + 1 - g).clamp(min=0)
-            return [top_k_attention(queries[:, :, i0 - call.q0 : i1 - call.q0], keys, values, ends, self.top_k,
-                                    call.scale)]
+            return [
+                top_k_attention(queries[:, :, i0 - call.q0 : i1 - call.q0], keys, values, ends, self.top_k, call.scale)
+            ]
 
         return part
 
 
-register(AttentionMethod(
-    name="lm-infinite",
-    config_class=LMInfiniteConfig,
-    runtime=LMInfiniteRuntime,
-    summary="LM-Infinite: Lambda mask (global tokens + local window), distances capped at L; "
-            "optional top-k middle tokens",
-    paper="https://arxiv.org/abs/2308.16137",
-    aliases=("lminfinite",),
-))
+register(
+    AttentionMethod(
+        name="lm-infinite",
+        config_class=LMInfiniteConfig,
+        runtime=LMInfiniteRuntime,
+        summary="LM-Infinite: Lambda mask (global tokens + local window), distances capped at L; "
+        "optional top-k middle tokens",
+        paper="https://arxiv.org/abs/2308.16137",
+        aliases=("lminfinite",),
+    )
+)

@@ -26,8 +26,9 @@ from ._shared import base_parameters
 class LongRopeConfig(MethodConfig):
     """Parameters of LongRoPE."""
 
-    long_factor: list[float] | float | None = param(None, "rescale factors (d/2 numbers, one, or @FILE.json) "
-                                                          "beyond L; required")
+    long_factor: list[float] | float | None = param(
+        None, "rescale factors (d/2 numbers, one, or @FILE.json) beyond L; required"
+    )
     short_factor: list[float] | float = param(1.0, "rescale factors (d/2 numbers, one, or @FILE.json) up to L")
     attention_factor: float | None = param(None, "cos/sin multiplier; default sqrt(1+ln(s)/ln(L))")
 
@@ -57,8 +58,11 @@ def read_factors(name: str, spec: str) -> list[float]:
         raise CtxextError(f"longrope {name} {spec}: cannot read {path} ({exc.strerror or exc})") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise CtxextError(f"longrope {name} {spec}: {path} is not JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(values, list) or not values \
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    if (
+        not isinstance(values, list)
+        or not values
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    ):
         raise CtxextError(f"longrope {name} {spec}: {path} must hold a JSON list of numbers")
     return [float(v) for v in values]
 

@@ -141,8 +141,9 @@ class MsPoERuntime(AttentionRuntime):
         offsets = torch.zeros(batch, dtype=torch.long, device=key.device)
         if first_query == 0:  # a new prompt: rank the heads
             heads = key.shape[1]
-            ladder = ratio_ladder(self.config.ratio_ladder, heads, self.config.min_ratio, self.config.max_ratio,
-                                  key.device)
+            ladder = ratio_ladder(
+                self.config.ratio_ladder, heads, self.config.min_ratio, self.config.max_ratio, key.device
+            )
             ratios = torch.ones(batch, heads, device=key.device)
             for group in groups:
                 ratios[group.rows] = ratios_by_rank(self._scores(query, key, group, scale), heads, ladder)
@@ -154,7 +155,9 @@ class MsPoERuntime(AttentionRuntime):
         ratio = self.ratios[layer][:, :, None]
         new_positions = (first_query + torch.arange(n, device=key.device))[None, :] + offsets[:, None]
         new_positions = new_positions[:, None, :].float()
-        key[:, :, first_query:] = rotate(key[:, :, first_query:], new_positions / ratio - new_positions, self.rotary.inv_freq)
+        key[:, :, first_query:] = rotate(
+            key[:, :, first_query:], new_positions / ratio - new_positions, self.rotary.inv_freq
+        )
 
     def attend(self, call: Call):
         layer = call.module.layer_idx
@@ -171,11 +174,14 @@ class MsPoERuntime(AttentionRuntime):
         return band_attention(bands, q.shape[2], call.q0, call.scale)
 
 
-register(AttentionMethod(
-    name="ms-poe",
-    config_class=MsPoEConfig,
-    runtime=MsPoERuntime,
-    summary="Ms-PoE: per-head position scaling from 1.2 toward 1.8 ranked by position awareness (lost in the middle)",
-    paper="https://arxiv.org/abs/2403.04797",
-    aliases=("mspoe",),
-))
+register(
+    AttentionMethod(
+        name="ms-poe",
+        config_class=MsPoEConfig,
+        runtime=MsPoERuntime,
+        summary="Ms-PoE: per-head position scaling from 1.2 toward 1.8 ranked by position awareness "
+        "(lost in the middle)",
+        paper="https://arxiv.org/abs/2403.04797",
+        aliases=("mspoe",),
+    )
+)

@@ -44,9 +44,14 @@ from ._shared import whole
 
 @dataclass
 class ReRoPEConfig(AttentionConfig):
-    log_scaling: bool = param(True, "log-n scaling, as the reference always applies it: logits of the query at "
-                                    "position p times max(1, ln(p+1)/ln L) (default on for rerope)")
-    window: int | None = param(None, "w: distances below w are exact, farther ones become w (default original length // 4)")
+    log_scaling: bool = param(
+        True,
+        "log-n scaling, as the reference always applies it: logits of the query at "
+        "position p times max(1, ln(p+1)/ln L) (default on for rerope)",
+    )
+    window: int | None = param(
+        None, "w: distances below w are exact, farther ones become w (default original length // 4)"
+    )
     leaky: float | None = param(
         None, "k > 1: leaky ReRoPE, distances r >= w become w + (r - w) / k (default none: plain ReRoPE)"
     )
@@ -62,9 +67,12 @@ class ReRoPERuntime(AttentionRuntime):
         if self.window >= length:
             raise CtxextError(f"window ({self.window}) must be below the original length ({length})")
         leaky = config.leaky
-        if leaky is not None and (isinstance(leaky, bool) or not isinstance(leaky, (int, float))
-                                  or not math.isfinite(leaky) or leaky <= 1):
-            raise CtxextError(f"parameter leaky must be a number above 1 (leave it out for plain ReRoPE), got {leaky!r}")
+        if leaky is not None and (
+            isinstance(leaky, bool) or not isinstance(leaky, (int, float)) or not math.isfinite(leaky) or leaky <= 1
+        ):
+            raise CtxextError(
+                f"parameter leaky must be a number above 1 (leave it out for plain ReRoPE), got {leaky!r}"
+            )
         self.leaky = None if leaky is None else float(leaky)
 
     def _cached(self, positions: torch.Tensor) -> torch.Tensor:
@@ -85,16 +93,20 @@ class ReRoPERuntime(AttentionRuntime):
         q_far = rotate(call.q, w - (0.0 if self.leaky is None else w / self.leaky), call.inv_freq)
 
         def bands(i0, i1):
-            return [Band(q_near, k_near, call.v[:, :, near_start:], near=0, far=w - 1, offset=near_start),
-                    Band(q_far, call.k, call.v, near=w, far=math.inf)]
+            return [
+                Band(q_near, k_near, call.v[:, :, near_start:], near=0, far=w - 1, offset=near_start),
+                Band(q_far, call.k, call.v, near=w, far=math.inf),
+            ]
 
         return band_attention(bands, call.q.shape[2], call.q0, call.scale, narrowest=w - 1)
 
 
-register(AttentionMethod(
-    name="rerope",
-    config_class=ReRoPEConfig,
-    runtime=ReRoPERuntime,
-    summary="ReRoPE: exact distances below a window w, w (or leaky: w + (r - w) / k) beyond it",
-    paper="https://kexue.fm/archives/9708",
-))
+register(
+    AttentionMethod(
+        name="rerope",
+        config_class=ReRoPEConfig,
+        runtime=ReRoPERuntime,
+        summary="ReRoPE: exact distances below a window w, w (or leaky: w + (r - w) / k) beyond it",
+        paper="https://kexue.fm/archives/9708",
+    )
+)

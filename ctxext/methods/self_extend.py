@@ -29,7 +29,9 @@ from ._shared import whole
 
 @dataclass
 class SelfExtendConfig(AttentionConfig):
-    group_size: int | None = param(None, "G: positions beyond the window are floor-divided by G (default from the factor)")
+    group_size: int | None = param(
+        None, "G: positions beyond the window are floor-divided by G (default from the factor)"
+    )
     window: int | None = param(None, "W: neighbour window with exact positions (default original length // 4)")
 
 
@@ -57,8 +59,10 @@ class SelfExtendRuntime(AttentionRuntime):
         q_near, q_grouped = apply_rotation(call.q, query_tables)
 
         def bands(i0, i1):
-            return [Band(q_near, k_near, call.v[:, :, near_start:], near=0, far=self.window - 1, offset=near_start),
-                    Band(q_grouped, call.k, call.v, near=self.window, far=math.inf)]
+            return [
+                Band(q_near, k_near, call.v[:, :, near_start:], near=0, far=self.window - 1, offset=near_start),
+                Band(q_grouped, call.k, call.v, near=self.window, far=math.inf),
+            ]
 
         return band_attention(bands, call.q.shape[2], call.q0, call.scale, narrowest=self.window - 1)
 
@@ -68,17 +72,22 @@ class SelfExtendRuntime(AttentionRuntime):
         positions = call.key_positions
         near_positions = positions[near_start:]
         query_positions = positions[call.q0 :]
-        query_deltas = torch.stack((query_positions - query_positions // self.group,
-                                    torch.full_like(query_positions, self.shift)))
-        return (rotation(near_positions - near_positions // self.group, call.inv_freq, call.k.device),
-                rotation(query_deltas[:, None, None, :], call.inv_freq, call.q.device))
+        query_deltas = torch.stack(
+            (query_positions - query_positions // self.group, torch.full_like(query_positions, self.shift))
+        )
+        return (
+            rotation(near_positions - near_positions // self.group, call.inv_freq, call.k.device),
+            rotation(query_deltas[:, None, None, :], call.inv_freq, call.q.device),
+        )
 
 
-register(AttentionMethod(
-    name="self-extend",
-    config_class=SelfExtendConfig,
-    runtime=SelfExtendRuntime,
-    summary="SelfExtend: exact positions in a neighbour window, floor(pos / G) grouped positions beyond",
-    paper="https://arxiv.org/abs/2401.01325",
-    aliases=("selfextend",),
-))
+register(
+    AttentionMethod(
+        name="self-extend",
+        config_class=SelfExtendConfig,
+        runtime=SelfExtendRuntime,
+        summary="SelfExtend: exact positions in a neighbour window, floor(pos / G) grouped positions beyond",
+        paper="https://arxiv.org/abs/2401.01325",
+        aliases=("selfextend",),
+    )
+)

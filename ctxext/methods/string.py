@@ -39,7 +39,8 @@ class StringConfig(AttentionConfig):
     shifted_offset: int | None = param(None, "S: distances >= S are shifted (default original length // 3)")
     local_value: int | None = param(None, "W: the distance S is scored as W (default 128, at most S // 2)")
     shifted_fraction: float | None = param(
-        None, "S as a fraction of the target length, as the reference sets it from the test length (0.25-0.4)")
+        None, "S as a fraction of the target length, as the reference sets it from the test length (0.25-0.4)"
+    )
     reference_scale: bool = param(False, "logits times (1 + 0.1 ln 2)^2, the reference's cos/sin factor (default off)")
 
 
@@ -67,21 +68,28 @@ class StringRuntime(AttentionRuntime):
         return "STRING's reference_scale" if config.reference_scale else None
 
     def attend(self, call: Call):
-        far_q = apply_rotation(call.q, self.per_forward(("far", call.q.device), lambda: rotation(
-            self.local - self.shift, call.inv_freq, call.q.device)))
+        far_q = apply_rotation(
+            call.q,
+            self.per_forward(
+                ("far", call.q.device), lambda: rotation(self.local - self.shift, call.inv_freq, call.q.device)
+            ),
+        )
 
         def bands(i0, i1):
-            return [Band(call.q, call.k, call.v, near=0, far=self.shift - 1),
-                    Band(far_q, call.k, call.v, near=self.shift, far=math.inf)]
+            return [
+                Band(call.q, call.k, call.v, near=0, far=self.shift - 1),
+                Band(far_q, call.k, call.v, near=self.shift, far=math.inf),
+            ]
 
-        return band_attention(bands, call.q.shape[2], call.q0, call.scale * self.logit_factor,
-                              narrowest=self.shift - 1)
+        return band_attention(bands, call.q.shape[2], call.q0, call.scale * self.logit_factor, narrowest=self.shift - 1)
 
 
-register(AttentionMethod(
-    name="string",
-    config_class=StringConfig,
-    runtime=StringRuntime,
-    summary="STRING: shift relative distances >= S down to W, inside and beyond the native length",
-    paper="https://arxiv.org/abs/2410.18745",
-))
+register(
+    AttentionMethod(
+        name="string",
+        config_class=StringConfig,
+        runtime=StringRuntime,
+        summary="STRING: shift relative distances >= S down to W, inside and beyond the native length",
+        paper="https://arxiv.org/abs/2410.18745",
+    )
+)

@@ -42,8 +42,15 @@ def extend(
     in the record's ``auto`` field.
     """
     if auto.is_auto(method):
-        return _extend_auto(model, factor, target_length, original_length, replace=replace,
-                            rope_layer_types=rope_layer_types, params=params)
+        return _extend_auto(
+            model,
+            factor,
+            target_length,
+            original_length,
+            replace=replace,
+            rope_layer_types=rope_layer_types,
+            params=params,
+        )
     config = text_config(model.config)
     read_rope_setup(config)
     rotary = find_rotary_modules(model)
@@ -53,7 +60,8 @@ def extend(
     if existing is not None:
         if not replace:
             raise CtxextError(
-                f"model is already extended with '{existing.method}'; call ctxext.restore(model) first or pass replace=True"
+                f"model is already extended with '{existing.method}'; call ctxext.restore(model) first "
+                "or pass replace=True"
             )
         restore(model)
         rotary = find_rotary_modules(model)
@@ -97,12 +105,22 @@ def _extend_auto(model, factor, target_length, original_length, *, replace, rope
     target = auto_target(model.config, factor, target_length, original_length)
     source = getattr(model.config, "_name_or_path", None) or None
     directory = source if source and (Path(source) / "config.json").is_file() else None
-    own_temperature = any(float(getattr(rotary, "attention_scaling", 1.0)) != 1.0
-                          for _, _, rotary in find_rotary_modules(model))
-    method, chosen, note = auto.resolve(source if directory else None, directory, target,
-                                        own_temperature=own_temperature, params=params)
-    extend(model, method, factor=factor, target_length=target_length, original_length=original_length,
-           replace=replace, rope_layer_types=rope_layer_types, **chosen)
+    own_temperature = any(
+        float(getattr(rotary, "attention_scaling", 1.0)) != 1.0 for _, _, rotary in find_rotary_modules(model)
+    )
+    method, chosen, note = auto.resolve(
+        source if directory else None, directory, target, own_temperature=own_temperature, params=params
+    )
+    extend(
+        model,
+        method,
+        factor=factor,
+        target_length=target_length,
+        original_length=original_length,
+        replace=replace,
+        rope_layer_types=rope_layer_types,
+        **chosen,
+    )
     text_config(model.config).ctxext["auto"] = note
     return model
 
@@ -132,8 +150,15 @@ def is_extended(model: nn.Module) -> bool:
 def reapply(model: nn.Module, record: ExtensionRecord) -> nn.Module:
     """Extend ``model`` exactly as a saved record says (replacing any extension it has); a measured
     effective length in the record is kept in the model's config."""
-    extend(model, record.method, factor=record.factor, original_length=record.original_length,
-           rope_layer_types=record.rope_layer_types, replace=True, **record.params)
+    extend(
+        model,
+        record.method,
+        factor=record.factor,
+        original_length=record.original_length,
+        rope_layer_types=record.rope_layer_types,
+        replace=True,
+        **record.params,
+    )
     for key in ("effective_length", "auto"):
         if getattr(record, key) is not None:
             text_config(model.config).ctxext[key] = getattr(record, key)

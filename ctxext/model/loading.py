@@ -91,7 +91,9 @@ def load_weights(path, **kwargs: Any):
     except CtxextError:
         raise
     except Exception as exc:
-        raise CtxextError(f"{location_label(resolve_model_path(path))}: cannot load the model ({one_line(exc)})") from None
+        raise CtxextError(
+            f"{location_label(resolve_model_path(path))}: cannot load the model ({one_line(exc)})"
+        ) from None
 
 
 def check_device(device) -> Any:
@@ -112,6 +114,5 @@ def check_device(device) -> Any:
         raise CtxextError(f"--device {device}: no {parsed.type} device is available on this machine")
     count = getattr(backend, "device_count", None)
     if parsed.index is not None and count is not None and parsed.index >= count():
-        raise CtxextError(f"--device {device}: this machine has {count()} {parsed.type} device(s), "
-                          f"numbered from 0")
+        raise CtxextError(f"--device {device}: this machine has {count()} {parsed.type} device(s), numbered from 0")
     return parsed

@@ -33,9 +33,7 @@ def find_rotary_modules(model: nn.Module) -> list[tuple[nn.Module, str, nn.Modul
                 found.append((parent, name, child))
     if not found:
         model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        raise CtxextError(
-            f"model type '{model_type}' has no rotary embedding module; ctxext only extends RoPE models"
-        )
+        raise CtxextError(f"model type '{model_type}' has no rotary embedding module; ctxext only extends RoPE models")
     return found
 
 

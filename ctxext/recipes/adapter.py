@@ -55,8 +55,13 @@ def wrap_with_lora(model: nn.Module, recipe: Recipe):
     extra = _extra_trainables(model, recipe)
     tied = bool(getattr(text_config(model.config), "tie_word_embeddings", False))
     config = LoraConfig(
-        r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout, target_modules=targets,
-        modules_to_save=extra or None, ensure_weight_tying=tied and recipe.train_embeddings, task_type="CAUSAL_LM",
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=targets,
+        modules_to_save=extra or None,
+        ensure_weight_tying=tied and recipe.train_embeddings,
+        task_type="CAUSAL_LM",
     )
     try:
         return get_peft_model(model, config)

@@ -49,7 +49,9 @@ def _dataset_texts(path: Path) -> list[str]:
     try:
         import datasets
     except ImportError:
-        raise CtxextError(f"data {path} is a folder: reading a saved Hugging Face dataset needs 'pip install datasets'") from None
+        raise CtxextError(
+            f"data {path} is a folder: reading a saved Hugging Face dataset needs 'pip install datasets'"
+        ) from None
     try:
         dataset = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
@@ -84,8 +86,15 @@ def check_token_tensor(data: torch.Tensor) -> None:
 class WindowSampler:
     """Random windows of ``seq_len`` tokens from ``ids``, with dense or PoSE position ids."""
 
-    def __init__(self, ids: torch.Tensor, seq_len: int, target_length: int, positions: str, chunks: int,
-                 generator: torch.Generator):
+    def __init__(
+        self,
+        ids: torch.Tensor,
+        seq_len: int,
+        target_length: int,
+        positions: str,
+        chunks: int,
+        generator: torch.Generator,
+    ):
         self.check(ids, seq_len)
         self.ids, self.seq_len, self.target_length = ids, seq_len, target_length
         self.positions, self.chunks, self.generator = positions, chunks, generator
@@ -101,9 +110,9 @@ class WindowSampler:
         starts = torch.randint(0, self.ids.numel() - self.seq_len + 1, (size,), generator=self.generator)
         input_ids = torch.stack([self.ids[s : s + self.seq_len] for s in starts.tolist()])
         if self.positions == "pose":
-            position_ids = torch.stack([
-                pose_position_ids(self.seq_len, self.target_length, self.chunks, self.generator) for _ in range(size)
-            ])
+            position_ids = torch.stack(
+                [pose_position_ids(self.seq_len, self.target_length, self.chunks, self.generator) for _ in range(size)]
+            )
         else:
             position_ids = torch.arange(self.seq_len).expand(size, -1)
         return input_ids, position_ids

@@ -10,8 +10,15 @@ from __future__ import annotations
 from ..eval import perplexity as _eval
 
 
-def perplexity(model, tokenizer_or_ids, length: int, *, text: str | None = None, stride: int | None = None,
-               max_windows: int | None = None) -> float:
+def perplexity(
+    model,
+    tokenizer_or_ids,
+    length: int,
+    *,
+    text: str | None = None,
+    stride: int | None = None,
+    max_windows: int | None = None,
+) -> float:
     """Perplexity of ``model`` on token ids, or on ``text`` tokenized by the tokenizer given in their place (with
     its special tokens, as ``ctxext eval`` does), in windows of ``length`` positions; see
     :func:`ctxext.eval.perplexity.perplexity`."""

@@ -39,7 +39,7 @@ class Recipe:
     grad_accum: int
     pose_chunks: int = 2
 
-    def with_overrides(self, **overrides: Any) -> "Recipe":
+    def with_overrides(self, **overrides: Any) -> Recipe:
         """A copy with the given fields replaced (``None`` values are ignored), checked again."""
         changed = dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
         changed.check()
@@ -47,7 +47,9 @@ class Recipe:
 
     def check(self) -> None:
         if self.positions not in POSITIONS:
-            raise CtxextError(f"recipe '{self.name}': positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
+            raise CtxextError(
+                f"recipe '{self.name}': positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}"
+            )
         for name in ("seq_len", "lora_r", "batch_size", "grad_accum", "pose_chunks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

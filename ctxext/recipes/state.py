@@ -25,8 +25,17 @@ STATE = "trainer_state.pt"
 SETTINGS = "settings.json"
 
 
-def save_checkpoint(out: Path, step: int, peft_model, optimizer, scheduler, generator: torch.Generator,
-                    settings: dict[str, Any], extra: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(
+    out: Path,
+    step: int,
+    peft_model,
+    optimizer,
+    scheduler,
+    generator: torch.Generator,
+    settings: dict[str, Any],
+    extra: dict[str, Any],
+    keep: int,
+) -> Path:
     from peft import get_peft_model_state_dict
 
     folder = out / CHECKPOINTS
@@ -35,11 +44,18 @@ def save_checkpoint(out: Path, step: int, peft_model, optimizer, scheduler, gene
     with staged(target, replace=True) as staging:
         weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}
         save_file(weights, staging / WEIGHTS)
-        torch.save({
-            "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], "extra": extra,
-        }, staging / STATE)
+        torch.save(
+            {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "extra": extra,
+            },
+            staging / STATE,
+        )
         (staging / SETTINGS).write_bytes(json_bytes(settings, sort_keys=True))
     for old in checkpoints(out)[:-keep]:
         shutil.rmtree(old)
@@ -52,8 +68,9 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(folder.glob("step-*")) if folder.is_dir() else []
 
 
-def load_checkpoint(path: Path, peft_model, optimizer, scheduler, generator: torch.Generator,
-                    settings: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def load_checkpoint(
+    path: Path, peft_model, optimizer, scheduler, generator: torch.Generator, settings: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
     """Restore a checkpoint into the run; returns (step, extra). The settings must match the run's."""
     from peft import set_peft_model_state_dict
 

@@ -97,7 +97,9 @@ def finetune(
         raise CtxextError(f"seed must be a whole number, got {seed!r}")
     if importlib.util.find_spec("peft") is None:
         raise CtxextError("fine-tuning needs peft: pip install 'ctxext[train]'")
-    device = check_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        check_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise CtxextError(f"precision bf16: the GPU {device} does not support bfloat16; use fp32")
     # Every check that needs no model runs before it loads: the data, --out, the extension (planned on the
@@ -113,8 +115,15 @@ def finetune(
     location = None if loaded else resolve_model_path(model)
     config = model.config if loaded else model_config(location)
     method = method or recipe.method
-    plan = plan_extension(config, method, factor=factor, target_length=target_length,
-                             original_length=original_length, replace=replace, params=method_params)
+    plan = plan_extension(
+        config,
+        method,
+        factor=factor,
+        target_length=target_length,
+        original_length=original_length,
+        replace=replace,
+        params=method_params,
+    )
     target = plan.record.target_length
     if recipe.seq_len > target:
         raise CtxextError(f"seq-len {recipe.seq_len} is above the target length {target}")
@@ -134,8 +143,15 @@ def finetune(
     base_model = None
     if not loaded:
         base_model, model = _load(model)
-    extend(model, method, factor=factor, target_length=target_length, original_length=original_length,
-           replace=replace, **(method_params or {}))
+    extend(
+        model,
+        method,
+        factor=factor,
+        target_length=target_length,
+        original_length=original_length,
+        replace=replace,
+        **(method_params or {}),
+    )
     record = ExtensionRecord.of(model.config)
     model.to(device)
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
@@ -161,17 +177,42 @@ def finetune(
 
     def checkpoint(step: int) -> None:
         if save_every and (step % save_every == 0 or step == steps):
-            save_checkpoint(out, step, peft_model, optimizer, scheduler, generator, settings,
-                            {"perplexity_before": before}, keep_checkpoints)
+            save_checkpoint(
+                out,
+                step,
+                peft_model,
+                optimizer,
+                scheduler,
+                generator,
+                settings,
+                {"perplexity_before": before},
+                keep_checkpoints,
+            )
 
     out.mkdir(exist_ok=True)  # (--resume: it exists) created only now that every check has passed
-    losses, rate = _train(peft_model, sampler, recipe, optimizer, scheduler, range(start + 1, steps + 1), device,
-                          bf16, progress, checkpoint)
+    losses, rate = _train(
+        peft_model,
+        sampler,
+        recipe,
+        optimizer,
+        scheduler,
+        range(start + 1, steps + 1),
+        device,
+        bf16,
+        progress,
+        checkpoint,
+    )
     if gradient_checkpointing:
         model.activation_checkpointing_disable()
     peft_model.eval()
-    meta = {"base_model": base_model, "recipe": dataclasses.asdict(recipe), "extension": record.to_dict(), "steps": steps,
-            "seed": seed, "eval": None}
+    meta = {
+        "base_model": base_model,
+        "recipe": dataclasses.asdict(recipe),
+        "extension": record.to_dict(),
+        "steps": steps,
+        "seed": seed,
+        "eval": None,
+    }
     save_adapter(peft_model, out, meta, tokenizer)
     after = None
     if held_out is not None:
@@ -195,14 +236,19 @@ def _resolve_recipe(recipe: str | Recipe, overrides: dict[str, Any]) -> Recipe:
 
 def _optimizer(peft_model, recipe: Recipe):
     """AdamW on the trainable weights with a linear warm-up to a constant rate (as in the PI and PoSE papers)."""
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=recipe.lr,
-                                  betas=(0.9, 0.95), weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in peft_model.parameters() if p.requires_grad],
+        lr=recipe.lr,
+        betas=(0.9, 0.95),
+        weight_decay=recipe.weight_decay,
+    )
     warmup = recipe.warmup_steps
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
 
 
-def _train(peft_model, sampler, recipe, optimizer, scheduler, steps: range, device, bf16: bool, progress: bool,
-           after_step) -> tuple[list[float], float]:
+def _train(
+    peft_model, sampler, recipe, optimizer, scheduler, steps: range, device, bf16: bool, progress: bool, after_step
+) -> tuple[list[float], float]:
     """Run the optimiser ``steps`` with a progress bar; returns (losses, tokens per second)."""
     peft_model.train()
     losses, tokens, started = [], 0, time.perf_counter()
@@ -218,11 +264,18 @@ def _train(peft_model, sampler, recipe, optimizer, scheduler, steps: range, devi
     return losses, tokens / max(time.perf_counter() - started, 1e-9)
 
 
-def _settings(recipe: Recipe, record: ExtensionRecord, seed: int, precision: str, eval_length: int | None,
-              ids: torch.Tensor) -> dict[str, Any]:
+def _settings(
+    recipe: Recipe, record: ExtensionRecord, seed: int, precision: str, eval_length: int | None, ids: torch.Tensor
+) -> dict[str, Any]:
     """What a checkpoint records of the run; ``--resume`` refuses a checkpoint whose settings differ."""
-    return {"recipe": dataclasses.asdict(recipe), "extension": record.to_dict(), "seed": seed, "precision": precision,
-            "eval_length": eval_length, "data_tokens": ids.numel()}
+    return {
+        "recipe": dataclasses.asdict(recipe),
+        "extension": record.to_dict(),
+        "seed": seed,
+        "precision": precision,
+        "eval_length": eval_length,
+        "data_tokens": ids.numel(),
+    }
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
@@ -279,8 +332,10 @@ def _split(ids: torch.Tensor, seq_len: int, eval_length: int | None) -> tuple[to
     if eval_length is None:
         return ids, None
     if ids.numel() < eval_length + seq_len + 1:
-        raise CtxextError(f"the data has {ids.numel()} tokens, too few for seq-len {seq_len} plus a held-out "
-                          f"evaluation window of {eval_length} (lower the evaluation length or turn evaluation off)")
+        raise CtxextError(
+            f"the data has {ids.numel()} tokens, too few for seq-len {seq_len} plus a held-out "
+            f"evaluation window of {eval_length} (lower the evaluation length or turn evaluation off)"
+        )
     return ids[:-eval_length], ids[-eval_length:]
 
 
@@ -291,8 +346,13 @@ def _train_step(peft_model, sampler: WindowSampler, recipe: Recipe, optimizer, d
     for _ in range(recipe.grad_accum):
         input_ids, position_ids = (t.to(device) for t in sampler.batch(recipe.batch_size))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = peft_model(input_ids=input_ids, position_ids=position_ids, attention_mask=torch.ones_like(input_ids),
-                              labels=input_ids, use_cache=False).loss
+            loss = peft_model(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                attention_mask=torch.ones_like(input_ids),
+                labels=input_ids,
+                use_cache=False,
+            ).loss
         (loss / recipe.grad_accum).backward()
         total += loss.item()
     torch.nn.utils.clip_grad_norm_([p for p in peft_model.parameters() if p.requires_grad], recipe.max_grad_norm)

@@ -38,8 +38,8 @@ _UNEXPRESSIBLE = {
     "dynamic-ntk": _DYNAMIC,
     "dynamic-yarn": _DYNAMIC,
     "longrope": "llama.cpp takes longrope from extra rope-factor tensors (rope_factors_long/short.weight), not "
-                "from metadata; this export adds only llama3's rope_freqs.weight (use yarn, pi, ntk or llama3, "
-                "or patch into a directory)",
+    "from metadata; this export adds only llama3's rope_freqs.weight (use yarn, pi, ntk or llama3, "
+    "or patch into a directory)",
 }
 
 
@@ -57,28 +57,48 @@ class GGUFPatch:
     stock_loadable: bool  # transformers' GGUF loader reproduces the extension (ntk only)
 
 
-def plan_gguf_patch(layout: GGUFLayout, method: str, *, output: Path, factor: float | None = None,
-                    target_length: int | None = None, original_length: int | None = None,
-                    replace: bool = False, rope_layer_types: list[str] | None = None,
-                    **params: Any) -> GGUFPatch:
+def plan_gguf_patch(
+    layout: GGUFLayout,
+    method: str,
+    *,
+    output: Path,
+    factor: float | None = None,
+    target_length: int | None = None,
+    original_length: int | None = None,
+    replace: bool = False,
+    rope_layer_types: list[str] | None = None,
+    **params: Any,
+) -> GGUFPatch:
     """Check everything and compute the new metadata; nothing is written."""
     rope_method = get_method(method)
     if rope_method.name in _UNEXPRESSIBLE:
-        raise CtxextError(f"'{rope_method.name}' cannot be written into GGUF metadata: {_UNEXPRESSIBLE[rope_method.name]}")
+        raise CtxextError(
+            f"'{rope_method.name}' cannot be written into GGUF metadata: {_UNEXPRESSIBLE[rope_method.name]}"
+        )
     if rope_layer_types:
         raise CtxextError("GGUF metadata has one rope setup for all layers; drop rope_layer_types")
     keys = _Keys(layout.architecture)
     if (layout.value("split.count") or 1) > 1:
-        raise CtxextError(f"{layout.path} is one part of a split GGUF ({layout.value('split.count')} files); "
-                          "merge it first (llama-gguf-split --merge), then patch the merged file")
+        raise CtxextError(
+            f"{layout.path} is one part of a split GGUF ({layout.value('split.count')} files); "
+            "merge it first (llama-gguf-split --merge), then patch the merged file"
+        )
     before = _before_ctxext(layout, keys, replace)  # typed values from before an earlier ctxext patch
     dropped = _tensors_added_by_ctxext(layout) if RECORD_KEY in layout.fields else ()
     if ROPE_FREQS in {t.name for t in layout.tensors} - set(dropped):
-        raise CtxextError(f"{layout.path} already has per-dimension rope factors ({ROPE_FREQS}: llama3 scaling); "
-                          "ctxext does not replace a GGUF's own tensors: patch the Hugging Face checkpoint and convert it")
+        raise CtxextError(
+            f"{layout.path} already has per-dimension rope factors ({ROPE_FREQS}: llama3 scaling); "
+            "ctxext does not replace a GGUF's own tensors: patch the Hugging Face checkpoint and convert it"
+        )
     config = _config_from_metadata(layout, keys, before)
-    plan = plan_fresh(config, rope_method.name, factor=factor, target_length=target_length,
-                          original_length=original_length, params=params)
+    plan = plan_fresh(
+        config,
+        rope_method.name,
+        factor=factor,
+        target_length=target_length,
+        original_length=original_length,
+        params=params,
+    )
     if plan.method.kind == "attention":
         raise CtxextError(_attention_refusal(plan, layout.path))
 
@@ -185,23 +205,30 @@ def _before_ctxext(layout: GGUFLayout, keys: _Keys, replace: bool) -> dict[str, 
     if RECORD_KEY not in layout.fields:
         scaling = layout.value(keys.scaling_type)
         if scaling not in (None, "none") and not replace:
-            raise CtxextError(f"{layout.path} already uses '{scaling}' rope scaling ({keys.scaling_type}); "
-                              "use --replace (replace=True) to replace it")
+            raise CtxextError(
+                f"{layout.path} already uses '{scaling}' rope scaling ({keys.scaling_type}); "
+                "use --replace (replace=True) to replace it"
+            )
         return {}
     record = gguf_record(layout.path)
     if not replace:
-        raise CtxextError(f"{layout.path} is already patched with '{record.method}' by ctxext; "
-                          "use --replace (replace=True) to patch the original metadata again")
+        raise CtxextError(
+            f"{layout.path} is already patched with '{record.method}' by ctxext; "
+            "use --replace (replace=True) to patch the original metadata again"
+        )
     try:
         before = json.loads(layout.value(ORIGINAL_KEY, ""))
         valid = isinstance(before, dict) and all(
             v is None or (isinstance(v, dict) and v.get("type") in (*SCALAR_FORMATS, STRING) and "value" in v)
-            for v in before.values())
+            for v in before.values()
+        )
     except ValueError:
         valid = False
     if not valid:
-        raise CtxextError(f"{layout.path}: {ORIGINAL_KEY} is missing or broken, so the metadata from before "
-                          "the ctxext patch is unknown; patch the original GGUF instead")
+        raise CtxextError(
+            f"{layout.path}: {ORIGINAL_KEY} is missing or broken, so the metadata from before "
+            "the ctxext patch is unknown; patch the original GGUF instead"
+        )
     return before
 
 
@@ -215,8 +242,10 @@ def _tensors_added_by_ctxext(layout: GGUFLayout) -> tuple[str, ...]:
         names = None
     present = {t.name for t in layout.tensors}
     if not isinstance(names, list) or not all(isinstance(n, str) and n in present for n in names):
-        raise CtxextError(f"{layout.path}: {ADDED_KEY} is broken, so the tensors the ctxext patch added are unknown; "
-                          "patch the original GGUF instead")
+        raise CtxextError(
+            f"{layout.path}: {ADDED_KEY} is broken, so the tensors the ctxext patch added are unknown; "
+            "patch the original GGUF instead"
+        )
     return tuple(names)
 
 
@@ -235,8 +264,10 @@ def _config_from_metadata(layout: GGUFLayout, keys: _Keys, before: dict[str, dic
     base = value(keys.freq_base)
     rotary = value(keys.dimensions)
     if base is None and rotary is None:
-        raise CtxextError(f"{layout.path}: no rope metadata ({keys.freq_base}, {keys.dimensions}); "
-                          f"'{keys.arch}' does not look like a RoPE model")
+        raise CtxextError(
+            f"{layout.path}: no rope metadata ({keys.freq_base}, {keys.dimensions}); "
+            f"'{keys.arch}' does not look like a RoPE model"
+        )
     if rotary is None:  # llama.cpp's default: the head size
         heads = layout.value(f"{keys.arch}.attention.head_count")
         width = layout.value(f"{keys.arch}.attention.key_length")
@@ -245,22 +276,39 @@ def _config_from_metadata(layout: GGUFLayout, keys: _Keys, before: dict[str, dic
     if not isinstance(rotary, int) or rotary < 4 or rotary % 2:
         raise CtxextError(f"{layout.path}: cannot tell the rotary dimension from the GGUF metadata ({keys.dimensions})")
     base = 10000.0 if base is None else float(base)  # llama.cpp's default
-    return LlamaConfig(hidden_size=rotary, num_attention_heads=1, num_key_value_heads=1, head_dim=rotary,
-                       intermediate_size=1, num_hidden_layers=1, vocab_size=1, max_position_embeddings=context,
-                       bos_token_id=None, eos_token_id=None, pad_token_id=None,
-                       rope_parameters={"rope_type": "default", "rope_theta": base})
+    return LlamaConfig(
+        hidden_size=rotary,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=rotary,
+        intermediate_size=1,
+        num_hidden_layers=1,
+        vocab_size=1,
+        max_position_embeddings=context,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        rope_parameters={"rope_type": "default", "rope_theta": base},
+    )
 
 
 def _attention_refusal(plan: ExtensionPlan, path: Path) -> str:
     name = plan.method.name
     if name != "self-extend":
-        return (f"'{name}' changes attention itself, which GGUF metadata cannot express and llama.cpp does not "
-                "implement; use yarn, pi or ntk for a GGUF, or patch into a directory for ctxext.from_pretrained")
+        return (
+            f"'{name}' changes attention itself, which GGUF metadata cannot express and llama.cpp does not "
+            "implement; use yarn, pi or ntk for a GGUF, or patch into a directory for ctxext.from_pretrained"
+        )
     runtime = plan.method.runtime(plan.method_config, plan.scalings[None])
     group, window = int(runtime.group), int(runtime.window)
     flags_window = max(group, window - window % group)  # llama.cpp asserts W % G == 0
-    rounded = (f"; W is {flags_window}, not ctxext's {window}: llama.cpp needs a multiple of G"
-               if flags_window != window else "")
-    return (f"self-extend is applied by llama.cpp at run time, not stored in GGUF metadata: run the unpatched file "
-            f"with llama-completion -m {shlex.quote(str(path))} -c {plan.record.target_length} --grp-attn-n {group} "
-            f"--grp-attn-w {flags_window} (llama-cli in older builds; llama-server has no self-extend){rounded}")
+    rounded = (
+        f"; W is {flags_window}, not ctxext's {window}: llama.cpp needs a multiple of G"
+        if flags_window != window
+        else ""
+    )
+    return (
+        f"self-extend is applied by llama.cpp at run time, not stored in GGUF metadata: run the unpatched file "
+        f"with llama-completion -m {shlex.quote(str(path))} -c {plan.record.target_length} --grp-attn-n {group} "
+        f"--grp-attn-w {flags_window} (llama-cli in older builds; llama-server has no self-extend){rounded}"
+    )

@@ -17,8 +17,19 @@ from ...errors import CtxextError
 
 # GGUF value types (gguf.constants.GGUFValueType)
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
-SCALAR_FORMATS = {UINT8: "B", INT8: "b", UINT16: "H", INT16: "h", UINT32: "I", INT32: "i", FLOAT32: "f", BOOL: "?",
-            UINT64: "Q", INT64: "q", FLOAT64: "d"}
+SCALAR_FORMATS = {
+    UINT8: "B",
+    INT8: "b",
+    UINT16: "H",
+    INT16: "h",
+    UINT32: "I",
+    INT32: "i",
+    FLOAT32: "f",
+    BOOL: "?",
+    UINT64: "Q",
+    INT64: "q",
+    FLOAT64: "d",
+}
 _INTEGERS = (UINT8, INT8, UINT16, INT16, UINT32, INT32, UINT64, INT64)
 
 
@@ -83,7 +94,7 @@ class _Cursor:
         length = self.take("Q")
         if self.pos + length > len(self.data):
             raise CtxextError(f"{self.path}: truncated GGUF file (metadata ends past the end of the file)")
-        raw = bytes(self.data[self.pos:self.pos + length])
+        raw = bytes(self.data[self.pos : self.pos + length])
         self.pos += length
         try:
             return raw.decode("utf-8")
@@ -161,8 +172,9 @@ def _parse(data: mmap.mmap, path: Path) -> GGUFLayout:
     data_offset = aligned(cursor.pos, alignment)
     if data_offset + max((t.data_end for t in tensors), default=0) > len(data):
         raise CtxextError(f"{path}: truncated GGUF file (tensor data ends past the end of the file)")
-    return GGUFLayout(path, order, version, fields, tensors, (infos_start, cursor.pos), alignment,
-                      data_offset, len(data))
+    return GGUFLayout(
+        path, order, version, fields, tensors, (infos_start, cursor.pos), alignment, data_offset, len(data)
+    )
 
 
 def _tensor_end(shape: list[int], ggml_type: int, offset: int) -> int:

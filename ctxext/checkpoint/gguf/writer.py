@@ -41,8 +41,7 @@ def _encode(order: str, key: str, kind: int, value: Any) -> bytes:
 
 def _encode_f32_info(order: str, name: str, count: int, offset: int) -> bytes:
     raw_name = name.encode("utf-8")
-    return (struct.pack(f"{order}Q", len(raw_name)) + raw_name
-            + struct.pack(f"{order}IQIQ", 1, count, GGML_F32, offset))
+    return struct.pack(f"{order}Q", len(raw_name)) + raw_name + struct.pack(f"{order}IQIQ", 1, count, GGML_F32, offset)
 
 
 def _kept_data_end(layout: GGUFLayout, dropped: tuple[str, ...]) -> int:
@@ -51,8 +50,10 @@ def _kept_data_end(layout: GGUFLayout, dropped: tuple[str, ...]) -> int:
         return layout.size - layout.data_offset
     cut = min(t.offset for t in layout.tensors if t.name in dropped)
     if any(t.data_end > cut for t in layout.tensors if t.name not in dropped):
-        raise CtxextError(f"{layout.path}: the tensors ctxext added are no longer at the end of the data section; "
-                          "patch the original GGUF instead")
+        raise CtxextError(
+            f"{layout.path}: the tensors ctxext added are no longer at the end of the data section; "
+            "patch the original GGUF instead"
+        )
     return cut
 
 
@@ -64,12 +65,15 @@ def _write(layout: GGUFLayout, patch: GGUFPatch, out: BinaryIO) -> None:
         entries = []
         for key, entry in layout.fields.items():
             if key not in changes:
-                entries.append(data[entry.start:entry.end])
+                entries.append(data[entry.start : entry.end])
             elif changes[key] is not None:
                 entries.append(_encode(order, key, *changes[key]))
-        entries += [_encode(order, key, *change) for key, change in changes.items()
-                    if change is not None and key not in layout.fields]
-        infos = [data[t.start:t.end] for t in layout.tensors if t.name not in patch.dropped_tensors]
+        entries += [
+            _encode(order, key, *change)
+            for key, change in changes.items()
+            if change is not None and key not in layout.fields
+        ]
+        infos = [data[t.start : t.end] for t in layout.tensors if t.name not in patch.dropped_tensors]
         kept_end = _kept_data_end(layout, patch.dropped_tensors)
         appended = []  # (offset in the data section, bytes)
         position = kept_end
@@ -84,7 +88,7 @@ def _write(layout: GGUFLayout, patch: GGUFPatch, out: BinaryIO) -> None:
         position = 24 + sum(map(len, entries)) + sum(map(len, infos))
         out.write(b"\0" * (aligned(position, layout.alignment) - position))
         for start in range(layout.data_offset, layout.data_offset + kept_end, _COPY_CHUNK):
-            out.write(data[start:min(start + _COPY_CHUNK, layout.data_offset + kept_end)])
+            out.write(data[start : min(start + _COPY_CHUNK, layout.data_offset + kept_end)])
         position = kept_end
         for offset, raw in appended:
             out.write(b"\0" * (offset - position) + raw)
@@ -102,12 +106,14 @@ def check_new_gguf_output(output: Path, source: Path) -> None:
     if not permitted(parent, os.W_OK | os.X_OK, 0o222):
         raise CtxextError(f"{parent}: directory is read-only")
     if shutil.disk_usage(parent).free < source.stat().st_size:
-        raise CtxextError(f"{parent}: not enough free space for a copy of {source.name} "
-                          f"({source.stat().st_size} bytes)")
+        raise CtxextError(
+            f"{parent}: not enough free space for a copy of {source.name} ({source.stat().st_size} bytes)"
+        )
 
 
-def export_gguf(gguf: str | Path, output: str | Path, method: str, *, dry_run: bool = False,
-                **options: Any) -> tuple[GGUFPatch, str | None]:
+def export_gguf(
+    gguf: str | Path, output: str | Path, method: str, *, dry_run: bool = False, **options: Any
+) -> tuple[GGUFPatch, str | None]:
     """Write ``output``, a new GGUF: ``gguf``'s tensors, byte for byte, with the extension in its metadata.
 
     ``options`` are the lengths, ``replace``, ``rope_layer_types`` and the method's parameters.

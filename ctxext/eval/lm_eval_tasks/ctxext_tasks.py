@@ -71,17 +71,27 @@ def dataset(task: str, **kwargs):
 
     name = kwargs.get("tokenizer") or kwargs.get("pretrained")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"ctxext_{task} sizes its prompts with a tokenizer: pass --model_args pretrained=... "
-                         "or --metadata '{\"tokenizer\": ...}'")
+        raise ValueError(
+            f"ctxext_{task} sizes its prompts with a tokenizer: pass --model_args pretrained=... "
+            "or --metadata '{\"tokenizer\": ...}'"
+        )
     tokenizer = _tokenizer(name, kwargs.get("gguf_file"))
     docs = []
     for length in run_lengths(kwargs):
         for index in range(int(kwargs.get("num_samples", 20))):
-            sample = make_sample(task, tokenizer, length, index, int(kwargs.get("seed", 0)),
-                                 kwargs.get("depths", DEFAULT_DEPTHS))
-            docs.append({"input": sample.question, "gen_prefix": sample.answer_prefix, "outputs": sample.references,
-                         "metric": sample.metric, "length": sample.length,
-                         "depth": sample.depth if sample.depth is not None else -1.0})
+            sample = make_sample(
+                task, tokenizer, length, index, int(kwargs.get("seed", 0)), kwargs.get("depths", DEFAULT_DEPTHS)
+            )
+            docs.append(
+                {
+                    "input": sample.question,
+                    "gen_prefix": sample.answer_prefix,
+                    "outputs": sample.references,
+                    "metric": sample.metric,
+                    "length": sample.length,
+                    "depth": sample.depth if sample.depth is not None else -1.0,
+                }
+            )
     return {"test": datasets.Dataset.from_list(docs)}
 
 
@@ -104,5 +114,10 @@ class LengthCurveTask(ConfigurableTask):
     def __init__(self, config: dict):
         config = {key: value for key, value in config.items() if key != "class"}
         lengths = run_lengths(config.get("metadata") or {})
-        super().__init__(config={**config, "metric_list": metric_list(lengths),
-                                 "process_results": partial(process_results, lengths=lengths)})
+        super().__init__(
+            config={
+                **config,
+                "metric_list": metric_list(lengths),
+                "process_results": partial(process_results, lengths=lengths),
+            }
+        )

@@ -78,8 +78,11 @@ def _regions(i0: int, i1: int, band: Band):
             pieces = [(r0, r1, int(r0 - band.far), r1 - band.near, "mask")]
         else:
             far = int(band.far)
-            pieces = [(r0, r1, r0 - far, r1 - far, "anti"), (r0, r1, r1 - far, r0 - band.near, "full"),
-                      (r0, r1, r0 - band.near, r1 - band.near, "causal")]
+            pieces = [
+                (r0, r1, r0 - far, r1 - far, "anti"),
+                (r0, r1, r1 - far, r0 - band.near, "full"),
+                (r0, r1, r0 - band.near, r1 - band.near, "causal"),
+            ]
         out.extend(piece for piece in pieces if piece[0] < piece[1] and piece[2] < piece[3])
     return out
 
@@ -111,8 +114,11 @@ def _merge_rows(parts: list[tuple[int, int, Partial]], i0: int, i1: int, like: B
     cuts = sorted({i0, i1} | {row for r0, r1, _ in parts for row in (r0, r1)})
     pieces = []
     for a, b in zip(cuts, cuts[1:]):
-        covering = [Partial(p.out[:, :, a - r0 : b - r0], p.lse[:, :, a - r0 : b - r0])
-                    for r0, r1, p in parts if r0 <= a and b <= r1]
+        covering = [
+            Partial(p.out[:, :, a - r0 : b - r0], p.lse[:, :, a - r0 : b - r0])
+            for r0, r1, p in parts
+            if r0 <= a and b <= r1
+        ]
         if covering:
             pieces.append(merge(covering).out)
         else:  # rows that see no key
@@ -120,8 +126,9 @@ def _merge_rows(parts: list[tuple[int, int, Partial]], i0: int, i1: int, like: B
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
 
-def band_attention(bands_of_block, n: int, q0: int, scale: float, blocks=None, narrowest: float = math.inf,
-                   extra_parts=None):
+def band_attention(
+    bands_of_block, n: int, q0: int, scale: float, blocks=None, narrowest: float = math.inf, extra_parts=None
+):
     """Attention output (b, hq, n, d) fp32 for queries at key indexes q0 .. q0 + n - 1.
 
     ``bands_of_block(i0, i1)`` returns the bands of a query block; ``blocks`` optionally

@@ -50,7 +50,11 @@ def _kernel(q, k, v, scale: float, causal: bool, mask: torch.Tensor | None):
     if mask is None and _cuda_flash_fits(q):  # pieces are squares, so the kernel's causal alignment does not matter
         out, lse = _CUDA_FLASH(q, k, v, 0.0, causal, False, scale=scale)[:2]
         return out, lse.float()
-    if q.device.type == "cuda" and _CUDA_EFFICIENT is not None and q.dtype in (torch.float16, torch.bfloat16, torch.float32):
+    if (
+        q.device.type == "cuda"
+        and _CUDA_EFFICIENT is not None
+        and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    ):
         bias = None
         if mask is not None:  # the kernel wants the bias rows aligned to 8 elements
             rows, width = mask.shape
@@ -70,8 +74,14 @@ def _kernel(q, k, v, scale: float, causal: bool, mask: torch.Tensor | None):
 
 
 def _cuda_flash_fits(q: torch.Tensor) -> bool:
-    return (q.device.type == "cuda" and _CUDA_FLASH is not None and q.dtype in (torch.float16, torch.bfloat16)
-            and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0 and torch.cuda.get_device_capability(q.device) >= (8, 0))
+    return (
+        q.device.type == "cuda"
+        and _CUDA_FLASH is not None
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] <= 256
+        and q.shape[-1] % 8 == 0
+        and torch.cuda.get_device_capability(q.device) >= (8, 0)
+    )
 
 
 def attend(q, k, v, scale: float, causal: bool = False, mask: torch.Tensor | None = None) -> Partial:

@@ -100,7 +100,9 @@ def _row_groups(padding, batch: int, q_length: int, kv_length: int, positions: t
     index = torch.arange(kv_length, device=valid.device)
     contiguous = ((index >= starts[:, None]) & (index < ends[:, None])) == valid
     if not bool(contiguous.all()):
-        raise CtxextError("ctxext attention methods need each row's tokens to be one contiguous run (left or right padding)")
+        raise CtxextError(
+            "ctxext attention methods need each row's tokens to be one contiguous run (left or right padding)"
+        )
     positions = positions.expand(batch, q_length).to(valid.device)
     offsets = positions - (first_query + torch.arange(q_length, device=valid.device))
     query_valid = valid[:, first_query:]
@@ -111,7 +113,8 @@ def _row_groups(padding, batch: int, q_length: int, kv_length: int, positions: t
             continue  # no real query in this row: its output stays zero
         if bool((row_offsets != row_offsets[0]).any()):
             raise CtxextError(
-                "ctxext attention methods need consecutive position ids within a row (packed sequences are not supported)"
+                "ctxext attention methods need consecutive position ids within a row "
+                "(packed sequences are not supported)"
             )
         start, end = int(starts[row]), int(ends[row])
         key = (start, end, max(start, first_query), int(row_offsets[0]))
@@ -156,8 +159,9 @@ class AttentionRuntime:
         self.log_scaling = bool(getattr(config, "log_scaling", False))
         if self.log_scaling and scaling.original_length < 2:
             raise CtxextError(f"log_scaling needs an original length of at least 2, got {scaling.original_length}")
-        self.temperatures = [name for name in (self.temperature_option(config), self.log_scaling and "log_scaling")
-                             if name]
+        self.temperatures = [
+            name for name in (self.temperature_option(config), self.log_scaling and "log_scaling") if name
+        ]
         if len(self.temperatures) > 1:
             raise CtxextError(f"{' and '.join(self.temperatures)} would stack two temperatures; choose one")
         self.positions: torch.Tensor | None = None
@@ -180,7 +184,9 @@ class AttentionRuntime:
         """The name of the method's own option that scales the logits, when it is on (never stacked)."""
         return None
 
-    def prepare(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, groups: list[RowGroup], scale: float) -> None:
+    def prepare(
+        self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, groups: list[RowGroup], scale: float
+    ) -> None:
         """Hook before the per-row calls of one layer (Ms-PoE uses it); nothing by default."""
 
     def per_forward(self, key, build):
@@ -207,8 +213,11 @@ class AttentionRuntime:
         self.rotary = rotary[0][2]
         if self.temperatures and float(getattr(self.rotary, "attention_scaling", 1.0)) != 1.0:
             raise CtxextError(f"{self.temperatures[0]} would stack on the rope's own attention factor; leave it off")
-        attention_modules = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "config")
-                             and type(m).__name__.endswith("Attention")]
+        attention_modules = [
+            m
+            for m in model.modules()
+            if hasattr(m, "layer_idx") and hasattr(m, "config") and type(m).__name__.endswith("Attention")
+        ]
         if not attention_modules:
             raise CtxextError(f"no attention modules found in {type(model).__name__}")
         self._previous_implementation = model.config._attn_implementation
@@ -248,8 +257,13 @@ class AttentionRuntime:
         self.prepare(module, query, key, groups, scale)
         batch, heads, n, dim = query.shape
         first_query = key.shape[2] - n
-        whole = (len(groups) == 1 and groups[0].rows == slice(0, batch) and groups[0].start == 0
-                 and groups[0].end == key.shape[2] and groups[0].query_start == first_query)
+        whole = (
+            len(groups) == 1
+            and groups[0].rows == slice(0, batch)
+            and groups[0].start == 0
+            and groups[0].end == key.shape[2]
+            and groups[0].query_start == first_query
+        )
         output = None if whole else query.new_zeros(batch, heads, n, value.shape[-1])
         inv_freq = self.rotary.inv_freq
         for group in groups:
@@ -275,7 +289,9 @@ class AttentionRuntime:
 def _attention_function(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     runtime = module.__dict__.get(RUNTIME_ATTRIBUTE)
     if runtime is None:
-        raise CtxextError("this attention implementation is set by ctxext.extend(); use it instead of setting it by hand")
+        raise CtxextError(
+            "this attention implementation is set by ctxext.extend(); use it instead of setting it by hand"
+        )
     for unsupported in ("sliding_window", "softcap", "s_aux"):
         if kwargs.get(unsupported) is not None:
             raise CtxextError(f"ctxext attention methods do not support {unsupported} attention")
@@ -288,10 +304,20 @@ def _attention_function(module, query, key, value, attention_mask, scaling=None,
     return output.transpose(1, 2).contiguous(), None
 
 
-def _mask_function(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=causal_mask_function,
-                   attention_mask=None, **kwargs):
+def _mask_function(
+    batch_size,
+    q_length,
+    kv_length,
+    q_offset=0,
+    kv_offset=0,
+    mask_function=causal_mask_function,
+    attention_mask=None,
+    **kwargs,
+):
     if mask_function is not causal_mask_function:
-        raise CtxextError("ctxext attention methods support plain causal masks only (no packed sequences or custom masks)")
+        raise CtxextError(
+            "ctxext attention methods support plain causal masks only (no packed sequences or custom masks)"
+        )
     if kv_offset:
         raise CtxextError("ctxext attention methods do not support sliding-window caches")
     return KeyLayout(attention_mask, batch_size, q_length, kv_length)

@@ -16,8 +16,9 @@ from .kernels import Partial
 SCORE_BUDGET = 1 << 24  # elements of one chunk's (batch x query heads x queries x keys) score matrix
 
 
-def top_k_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ends: torch.Tensor, top_k: int,
-                    scale: float) -> Partial:
+def top_k_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ends: torch.Tensor, top_k: int, scale: float
+) -> Partial:
     """Softmax of each query over its ``top_k`` highest-scoring keys, among the first ``ends[t]`` keys.
 
     q (b, hq, n, d) and k, v (b, hkv, m, d) are already rotated as they should be scored;
@@ -39,8 +40,10 @@ def _chunk(q, k, v, ends, top_k: int, scale: float) -> Partial:
     group = hq // hkv
     used = int(ends.max())
     if used == 0:
-        return Partial(q.new_zeros(b, hq, n, v.shape[-1], dtype=torch.float32),
-                       q.new_full((b, hq, n), float("-inf"), dtype=torch.float32))
+        return Partial(
+            q.new_zeros(b, hq, n, v.shape[-1], dtype=torch.float32),
+            q.new_full((b, hq, n), float("-inf"), dtype=torch.float32),
+        )
     k, v = k[:, :, :used], v[:, :, :used]
     folded = q.reshape(b, hkv, group * n, d).float()  # query heads of one kv head along the query axis
     logits = (folded @ k.float().transpose(-1, -2)) * scale
