@@ -18,9 +18,10 @@ from ..core.plan import ExtensionPlan, plan_fresh, take_off_record
 from ..core.record import ExtensionRecord
 from ..errors import CtxextError
 from ..serving import DUAL_CHUNK, LEGACY_ROPE_TYPES, serve_commands, sglang_dual_chunk_config
-from .atomic import exclusive
+from .atomic import atomic_write, exclusive
 from .config_json import BACKUP, read_backup, read_config_json, recorded_original, unpatch_config, write_patched_config
 from .locations import check_writable, copy_model_dir, resolve_model_path
+from .remote_code import MODULE, add_auto_map, architecture_of, is_ours, module_text
 from .result import PatchResult
 
 ENGINE_CONFIGS = (None, "sglang")  # engine sections patch_directory can write into config.json
@@ -38,6 +39,7 @@ def patch_directory(
     rope_layer_types: list[str] | None = None,
     dry_run: bool = False,
     engine_config: str | None = None,
+    remote_code: bool = False,
     **params: Any,
 ) -> PatchResult:
     """Extend a model directory by rewriting its config.json (in place, or in a copy at ``output``).
@@ -46,6 +48,8 @@ def patch_directory(
     original config again. ``dry_run`` writes nothing and returns the config.json diff.
     ``engine_config="sglang"`` (with ``dca`` on a Qwen2/Qwen3 model) also writes SGLang's
     ``dual_chunk_attention_config``, so that SGLang serves the patch with its own DCA.
+    ``remote_code=True`` (attention-level methods) also writes the remote-code module that lets stock
+    ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` load the patch (``remote_code.py``).
     """
     if engine_config not in ENGINE_CONFIGS:
         raise CtxextError(f"unknown engine config {engine_config!r}; choose from: {', '.join(ENGINE_CONFIGS[1:])}")
@@ -72,7 +76,18 @@ def patch_directory(
         original_raw, original = read_backup(directory, saved)
     elif saved:  # the kept original is gone: rebuild it from the record, and keep no patched config as one
         original_raw, original = None, recorded_original(data, saved)
+    if remote_code and plan.method.stock_loadable:
+        raise CtxextError(
+            f"'{plan.method.name}' loads in stock transformers from config.json alone; "
+            "--remote-code is for attention-level methods"
+        )
     patched = _patched_json(original, plan)
+    module = None
+    if remote_code:
+        architecture = architecture_of(original)
+        add_auto_map(patched, original, plan.record.replaced, architecture)
+        patched["ctxext"] = plan.record.to_dict()
+        module = module_text(architecture, plan.method.name)
     if engine_config == "sglang":
         plan.record.replaced[DUAL_CHUNK] = copy.deepcopy(original.get(DUAL_CHUNK))
         patched[DUAL_CHUNK] = sglang_dual_chunk_config(patched)
@@ -90,12 +105,16 @@ def patch_directory(
         output = Path(output)
         copy_model_dir(directory, output)
         result.path = output
+        if module is not None:
+            atomic_write(output / MODULE, module)
         write_patched_config(output, original_raw, patched)
         return result
     check_writable(directory)
     with exclusive(directory):
         if read_config_json(directory)[0] != raw:
             raise CtxextError(f"{directory / 'config.json'} changed while it was being patched; nothing written")
+        if module is not None:  # before config.json points at it
+            atomic_write(directory / MODULE, module)
         write_patched_config(directory, original_raw, patched)
     return result
 
@@ -113,7 +132,11 @@ def unpatch_directory(directory: str | Path) -> str:
         raise CtxextError(f"{directory}: config.json carries no ctxext patch{kept}")
     check_writable(directory)
     with exclusive(directory):
-        return unpatch_config(directory, record)
+        how = unpatch_config(directory, record)
+        if is_ours(directory / MODULE):  # after config.json no longer points at it
+            (directory / MODULE).unlink()
+            how += f"; removed {MODULE}"
+        return how
 
 
 def recordable_config(model: str | Path) -> tuple[Path, bytes]:

@@ -30,16 +30,21 @@ def patch(
     dry_run: bool = False,
     dtype: str = "float32",
     engine_config: str | None = None,
+    remote_code: bool = False,
     **options: Any,
 ) -> PatchResult:
     """Patch a model directory (``patch_directory``) or a GGUF file (``patch_gguf``) on disk.
 
     ``options`` are the lengths, ``replace``, ``rope_layer_types`` and the method's parameters,
-    as for ``patch_directory``; ``engine_config`` too (directories only). A GGUF file goes to
+    as for ``patch_directory``; ``engine_config`` and ``remote_code`` too (directories only). A GGUF file goes to
     ``output``: a new .gguf (metadata patched, tensors kept) or a new directory (de-quantized
     safetensors).
     """
+    if not isinstance(remote_code, bool):
+        raise CtxextError(f"remote_code must be true or false, got {remote_code!r}")
     if is_auto(method):
+        if remote_code:
+            raise CtxextError("--remote-code needs an attention-level method of its own, not auto")
         if engine_config is not None:
             raise CtxextError("--engine-config needs a method of its own (sglang: --method dca), not auto")
         return _patch_auto(model, output=output, dry_run=dry_run, dtype=dtype, **options)
@@ -51,7 +56,18 @@ def patch(
                 "is llama.cpp's convert_hf_to_gguf.py, then patch that .gguf"
             )
         return patch_directory(
-            location.directory, method, output=output, dry_run=dry_run, engine_config=engine_config, **options
+            location.directory,
+            method,
+            output=output,
+            dry_run=dry_run,
+            engine_config=engine_config,
+            remote_code=remote_code,
+            **options,
+        )
+    if remote_code:
+        raise CtxextError(
+            "--remote-code writes a module beside a directory's config.json: patch a model directory "
+            "(a GGUF file: patch it into a directory first, then patch that with --remote-code)"
         )
     if engine_config is not None:
         raise CtxextError(

@@ -40,6 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also write an engine's own section: sglang = dual_chunk_attention_config, so that SGLang "
         "serves a dca patch of a Qwen2/Qwen3 model with its own Dual Chunk Attention",
     )
+    p.add_argument(
+        "--remote-code",
+        action="store_true",
+        help="attention-level methods: also write a module and config.json's auto_map, so that stock "
+        "AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True) loads the patch "
+        "(lm-eval's hf model, pipelines, transformers serve; ctxext must be installed)",
+    )
     options.add_method_parameters(p)
 
 
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         dtype=args.dtype,
         engine_config=args.engine_config,
+        remote_code=args.remote_code,
         **options.method_params(args),
     )
     if result.diff is not None:

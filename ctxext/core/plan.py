@@ -213,7 +213,13 @@ def take_off_record(config: Any) -> ExtensionRecord | None:
     if not saved:
         return None
     record = ExtensionRecord.from_dict(saved)
-    apply_fields(config, record.replaced)
+    # a field recorded as None that the config class does not define was absent before the patch (a section
+    # the patch added, as in config.json): it goes, rather than becoming None
+    added = [name for name, value in record.replaced.items() if value is None and not hasattr(type(config), name)]
+    apply_fields(config, {k: v for k, v in record.replaced.items() if k not in added})
+    for name in added:
+        if name in vars(config):
+            delattr(config, name)
     del config.ctxext
     return record
 
