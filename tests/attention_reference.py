@@ -6,7 +6,8 @@ builds the full matrix of remapped distances r'(i, j), rotates each query by eac
 masks, and takes one softmax (with ``log_scaling`` in the parameters, each query row's
 logits are multiplied by max(1, ln(p + 1) / ln L)). LM-Infinite with ``top_k``: each head's
 top_k middle keys, scored with the query turned to ``top_k_distance``, are added to the
-softmax with those scores. Nothing here shares code with ctxext's blockwise kernels.
+softmax with those scores. Block retrieval's per-head distances and visibility come from the
+fp64 formula in ``test_block_retrieval.py``. Nothing here shares code with ctxext's blockwise kernels.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ class DenseReference:
             logit_scale = scaling * self.attention_scaling**2
             if self.method == "ms-poe":
                 dist, extra = self._ms_poe(module, q0[row], k0[row], p, allowed[row, 0], scaling)
+            elif self.method == "block-retrieval":
+                from test_block_retrieval import retrieval_distances
+
+                assert bool(real.all()), "the block-retrieval reference takes rows without padding"
+                dist, extra = retrieval_distances(q0[row], k0[row], self.params, self.params["num_kv_heads"])
             else:
                 dist, extra = distances(self.method, p, self.params, self.length)
                 dist = dist.expand(hq, n, n)
