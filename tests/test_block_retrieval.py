@@ -3,9 +3,9 @@
 ``retrieval_distances`` is the method's formula written query by query in fp64 (block means,
 top-k per key/value head, the contiguous layout [sinks | chosen blocks | local]); the runtime's
 attention must match a dense n x n softmax over it, on prefill and decoding-sized calls, with
-the query blocks and gathers chunked or not. Also: the layout is the true one (plain attention)
-while every candidate fits, a planted block is retrieved, decoding logits equal recomputing
-them, the cache holds un-rotated keys, defaults and errors.
+small and default query blocks and retrieval chunks. Also: the layout is the true one (plain
+attention) while every candidate fits, a planted block is retrieved, decoding logits equal
+recomputing them, the cache holds un-rotated keys, defaults and errors.
 """
 
 from __future__ import annotations
@@ -133,10 +133,9 @@ def test_plain_attention_while_every_candidate_fits(block, pair_budget):
     params = dict(PARAMS, top_k=10)  # span 3 + 40 + 12 + 3 = 58: up to 10 candidate blocks, all kept
     q, k, v = random_row(2, 4, 2, 58)
     inv_freq = 10000.0 ** (-torch.arange(0, 16, 2).float() / 16)
-    positions = torch.arange(58).float()
-    rotate = lambda x: _turn(x, positions[:, None] * inv_freq)
-    want = torch.nn.functional.scaled_dot_product_attention(rotate(q), rotate(k), v, is_causal=True, scale=0.3,
-                                                            enable_gqa=True)
+    angles = torch.arange(58).float()[:, None] * inv_freq
+    want = torch.nn.functional.scaled_dot_product_attention(_turn(q, angles), _turn(k, angles), v, is_causal=True,
+                                                            scale=0.3, enable_gqa=True)
     torch.testing.assert_close(attended(params, q, k, v, inv_freq, 0.3), want, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(attended(PARAMS, q, k, v, inv_freq, 0.3), want)  # top_k 2 of 10 blocks
 
