@@ -47,6 +47,8 @@ ROWS: dict[str, tuple[str | None, dict]] = {
     "lm-infinite-topk": ("lm-infinite", {"window": 4096, "top_k": 5}),
     "gali": ("gali", {}),
     "gali-nonoise": ("gali", {"noise": False}),
+    "block-retrieval": ("block-retrieval", {}),  # n_sink 128, window 4096, block_size 64, top_k 8 for L = 8192
+    "block-retrieval-w2048": ("block-retrieval", {"window": 2048}),  # retrieved blocks nearer, half the window's work
 }
 
 

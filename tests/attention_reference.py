@@ -10,7 +10,8 @@ softmax with those scores. GALI: each query row uses the positions of its own le
 the reference's ``construct_new_pi`` loop (:func:`gali_positions`); a fractional distance gets the
 logit interpolated between those at its floor and ceiling, and the noise (the one thing shared
 with ctxext: the hash that defines it, ``ctxext.methods.gali.standard_normal``) is added after
-every scaling. Nothing here shares code with ctxext's blockwise kernels.
+every scaling. Block retrieval's per-head distances and visibility come from the
+fp64 formula in ``test_block_retrieval.py``. Nothing here shares code with ctxext's blockwise kernels.
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ class DenseReference:
             logit_scale = scaling * self.attention_scaling**2
             if self.method == "ms-poe":
                 dist, extra = self._ms_poe(module, q0[row], k0[row], p, allowed[row, 0], scaling)
+            elif self.method == "block-retrieval":
+                from test_block_retrieval import retrieval_distances
+
+                assert bool(real.all()), "the block-retrieval reference takes rows without padding"
+                dist, extra = retrieval_distances(q0[row], k0[row], self.params, self.params["num_kv_heads"])
             else:
                 dist, extra = distances(self.method, p, self.params, self.length)
                 dist = dist.expand(hq, n, n)

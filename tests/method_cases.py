@@ -68,6 +68,11 @@ CASES: dict[str, MethodCase] = {case.method: case for case in [
                params=dict(n_global=3, window=16, top_k=3, top_k_from_layer=1),
                roundtrip_params=dict(n_global=3, window=16, top_k=3, top_k_from_layer=1, top_k_distance=40),
                identity_params=dict(window=NATIVE, n_global=0, top_k=3, top_k_from_layer=0), identity_length=NATIVE),
+    # 3 sinks, window 12, blocks of 4, 2 retrieved: a span of 26 positions. Up to the span every candidate block is
+    # kept at its true place (plain causal attention): with top_k 10 that is 58 tokens and 10 retrieved blocks
+    MethodCase("block-retrieval", "attention", ATTENTION_FACTOR,
+               params=dict(n_sink=3, window=12, block_size=4, top_k=2),
+               identity_params=dict(n_sink=3, window=12, block_size=4, top_k=10), identity_length=58),
     MethodCase("self-extend", "attention", ATTENTION_FACTOR, params=dict(group_size=3, window=12),
                identity_params=dict(group_size=1, window=12), identity_length=150),
     MethodCase("dca", "attention", ATTENTION_FACTOR, params=dict(chunk_size=48, local_window=8, temperature=True),

@@ -2,6 +2,7 @@
 registers them all. Modules starting with ``_`` are shared helpers, not methods."""
 
 from . import (  # noqa: F401
+    block_retrieval,
     dca,
     dynamic_ntk,
     dynamic_yarn,
