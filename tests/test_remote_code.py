@@ -71,3 +71,18 @@ def test_remote_code_where_it_has_no_use_is_refused(tiny_dir, tmp_path, method, 
     with pytest.raises(CtxextError, match=message):
         ctxext.patch(tiny_dir, method, factor=2, output=tmp_path / "out", **{"remote_code": True, **kwargs})
     assert (tiny_dir / "config.json").read_bytes() == before and not (tmp_path / "out").exists()
+
+
+def test_lm_evals_hf_model_loads_the_patch_from_the_directory(tiny_eval_dir, tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    from lm_eval.models.huggingface import HFLM
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    out = tmp_path / "patched"
+    ctxext.patch_directory(tiny_eval_dir, "self-extend", factor=4, output=out, remote_code=True)
+    lm = HFLM(pretrained=str(out), trust_remote_code=True, max_length=256, batch_size=1, device="cpu")
+    assert ctxext.is_extended(lm.model) and lm.model.config.ctxext["method"] == "self-extend"
+    ids = torch.randint(0, 256, (1, 200), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids).logits, ctxext.from_pretrained(out)(ids).logits)
