@@ -132,3 +132,11 @@ def test_help_needs_neither_torch_nor_transformers():
 def test_every_module_says_what_it_is_for():
     missing = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if not ast.get_docstring(ast.parse(p.read_text()))]
     assert not missing, f"modules without a docstring: {missing}"
+
+
+def test_the_lm_eval_task_functions_import_ctxext_absolutely():
+    """lm-eval loads ``lm_eval_tasks/*.py`` as plain modules, outside the package: a relative import fails there."""
+    folder = PACKAGE / "eval" / "lm_eval_tasks"
+    relative = [f"{p.name}:{node.lineno}" for p in folder.glob("*.py") for node in ast.walk(ast.parse(p.read_text()))
+                if isinstance(node, ast.ImportFrom) and node.level]
+    assert relative == []

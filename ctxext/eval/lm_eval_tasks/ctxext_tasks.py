@@ -39,9 +39,8 @@ OVERALL = "score"
 def _tokenizer(name: str, gguf_file: str | None):
     from transformers import AutoTokenizer
 
+    from ctxext.checkpoint.locations import resolve_model_path
     from ctxext.errors import CtxextError
-
-    from ...checkpoint.locations import resolve_model_path
 
     try:
         location = resolve_model_path(name)
