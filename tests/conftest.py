@@ -1,63 +1,19 @@
-"""Tiny random models of every supported family, built from configs (no downloads)."""
+"""The fixtures shared by the test modules; the helpers they use live in ``support/`` (see README.md).
+
+``family`` runs a test once per tiny model family; ``tiny_dir`` is a saved tiny Llama,
+``tiny_eval_dir`` (session) the same with a byte-level tokenizer for end-to-end eval runs;
+``cli`` (session) is the fork server that runs ``ctxext`` commands; ``block`` runs a test at two
+block sizes of the blockwise attention kernels.
+"""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    Gemma3TextConfig,
-    GPTNeoXConfig,
-    LlamaConfig,
-    MistralConfig,
-    Phi3Config,
-    Qwen2Config,
-    Qwen3Config,
-)
 
-NATIVE = 64  # native context length of the tiny models
-COMMON = dict(vocab_size=128, num_hidden_layers=2, intermediate_size=64, max_position_embeddings=NATIVE,
-              bos_token_id=1, eos_token_id=2, pad_token_id=0)
+from ctxext.model.attention import bands
 
-FAMILIES = {
-    "llama": lambda: LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **COMMON),
-    "mistral": lambda: MistralConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                     sliding_window=None, **COMMON),
-    "qwen2": lambda: Qwen2Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **COMMON),
-    "qwen3": lambda: Qwen3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32, **COMMON),
-    "phi3": lambda: Phi3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                               partial_rotary_factor=0.5, original_max_position_embeddings=NATIVE, **COMMON),
-    "gpt_neox": lambda: GPTNeoXConfig(hidden_size=64, num_attention_heads=4, rotary_pct=0.25, **COMMON),
-    "gemma3_text": lambda: Gemma3TextConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
-                                            sliding_window=16, **{**COMMON, "num_hidden_layers": 3},
-                                            layer_types=["sliding_attention", "sliding_attention", "full_attention"]),
-}
-
-
-def unsupported(family: str, method: str) -> str | None:
-    """Why ``method`` cannot patch ``family`` (None when it can); extend() refuses these."""
-    if family == "phi3" and method not in ("longrope", "ntk"):
-        return "transformers' Phi-3 config accepts only the longrope rope type"
-    if family == "gemma3_text" and method == "dynamic-yarn":
-        return "dynamic-yarn refuses per-layer-type configs"
-    return None
-
-
-def make_model(family: str = "llama", seed: int = 0, dtype=torch.float32):
-    torch.manual_seed(seed)
-    config = FAMILIES[family]()
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-    return model
-
-
-def logits(model, input_ids, **kwargs) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=input_ids, **kwargs).logits
-
-
-def tokens(length: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(3, 128, (batch, length), generator=generator)
+from support.cli_harness import CliServer
+from support.models import FAMILIES, make_model, save_tiny_eval_checkpoint
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -74,40 +30,22 @@ def tiny_dir(tmp_path):
     return path
 
 
-def byte_tokenizer():
-    """A byte-level tokenizer built offline (ids 3..258 are the bytes; 1 = BOS, 2 = EOS)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    byte_chars = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(sorted(byte_chars))}}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
 @pytest.fixture(scope="session")
 def tiny_eval_dir(tmp_path_factory):
     """A tiny Llama checkpoint with a byte-level tokenizer, saved together (for end-to-end eval runs)."""
-    torch.manual_seed(0)
-    config = FAMILIES["llama"]()
-    config.vocab_size = 260
-    model = AutoModelForCausalLM.from_config(config).eval()
-    path = tmp_path_factory.mktemp("tiny-eval") / "tiny-llama"
-    model.save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path
+    return save_tiny_eval_checkpoint(tmp_path_factory.mktemp("tiny-eval") / "tiny-llama")
 
 
-def assert_refused_before_loading(monkeypatch, capsys, loader, argv: list[str], out, message: str) -> None:
-    """``ctxext ARGV`` exits 2 with one 'ctxext: error:' line holding ``message``, without calling
-    ``loader.load_model`` and without writing ``out``."""
-    from ctxext.cli import main
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory):
+    """The session's fork server: ``cli.run(*args, cwd=...)`` runs ``ctxext ARGS`` as ``python -m`` does."""
+    server = CliServer(tmp_path_factory.mktemp("cli-server"))
+    yield server
+    server.close()
 
-    monkeypatch.setattr(loader, "load_model", lambda config: pytest.fail("the model was loaded"))
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("ctxext: error: ") and message in err and err.count("\n") == 1, err
-    assert not out.exists()
+
+@pytest.fixture(params=[16, bands.BLOCK], ids=["block16", "block-default"])
+def block(request, monkeypatch):
+    """The blockwise kernels' block size: 16 (every code path runs on the tiny models) and the default."""
+    monkeypatch.setattr(bands, "BLOCK", request.param)
+    return request.param

@@ -1,7 +1,7 @@
-"""Attention-level methods (kind "attention" in ``method_cases.py``) on tiny models.
+"""Attention-level methods (kind "attention" in ``support/method_cases.py``) on tiny models.
 
 Every method is checked against a dense O(n^2) reference of its formula
-(``attention_reference.py``), for MHA and GQA, full and partial rotary, batch > 1, lengths
+(``support/attention_reference.py``), for MHA and GQA, full and partial rotary, batch > 1, lengths
 inside and beyond the native length (64), with blocks small enough that every code path of
 the blockwise kernels runs; plus identity, padding, KV cache and save/reload, and the shared
 ``log_scaling`` option (log-n scaling) on top of every method.
@@ -9,38 +9,20 @@ the blockwise kernels runs; plus identity, padding, KV cache and save/reload, an
 
 from __future__ import annotations
 
-import attention_reference
 import pytest
 import torch
-from conftest import NATIVE, logits, make_model, tokens
-from method_cases import ATTENTION_METHODS, CASES
 
 import ctxext
 from ctxext.errors import CtxextError
 from ctxext.methods import ms_poe
 from ctxext.methods.ms_poe import RANKINGS, RATIO_LADDERS
-from ctxext.model.attention import bands, topk
+from ctxext.model.attention import topk
 from ctxext.model.attention.runtime import RUNTIME_ATTRIBUTE
 
-
-def extended(family: str, method: str, params: dict | None = None, dtype=torch.float32):
-    model = make_model(family, dtype=dtype)
-    case = CASES[method]
-    return ctxext.extend(model, method, factor=case.factor, **(case.params if params is None else params))
-
-
-def reference(family: str, method: str, params: dict | None = None, model=None):
-    model = make_model(family) if model is None else model
-    heads = getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
-    params = {**(CASES[method].params if params is None else params), "num_kv_heads": heads}
-    attention_reference.install(model, method, params)
-    return model
-
-
-@pytest.fixture(params=[16, bands.BLOCK], ids=["block16", "block-default"])
-def block(request, monkeypatch):
-    monkeypatch.setattr(bands, "BLOCK", request.param)
-    return request.param
+from support import attention_reference
+from support.attention import dense_reference, extend_tiny
+from support.method_cases import ATTENTION_METHODS, CASES
+from support.models import NATIVE, logits, make_model, tokens, yarn_checkpoint
 
 
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
@@ -48,8 +30,8 @@ def block(request, monkeypatch):
 @pytest.mark.parametrize("length", [37, 150])
 def test_matches_dense_reference(method, family, length, block):
     ids = tokens(length, batch=2)
-    got = logits(extended(family, method), ids)
-    want = logits(reference(family, method), ids)
+    got = logits(extend_tiny(family, method), ids)
+    want = logits(dense_reference(family, method), ids)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
 
 
@@ -58,7 +40,7 @@ def test_identity_when_the_method_cannot_act(method, block):
     case = CASES[method]
     ids = tokens(case.identity_length, batch=2)
     want = logits(make_model("llama"), ids)
-    got = logits(extended("llama", method, case.identity_params), ids)
+    got = logits(extend_tiny("llama", method, case.identity_params), ids)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -76,7 +58,7 @@ def _left_padded(lengths: list[int]):
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_left_padded_rows_equal_rows_run_alone(method, block):
     rows, ids, mask = _left_padded([150, 101, 37])
-    model = extended("llama", method)
+    model = extend_tiny("llama", method)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     batched = logits(model, ids, attention_mask=mask, position_ids=positions)
     for i, row in enumerate(rows):
@@ -86,7 +68,7 @@ def test_left_padded_rows_equal_rows_run_alone(method, block):
 
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_cached_generate_equals_recomputing_the_prefix(method):
-    model = extended("llama", method)
+    model = extend_tiny("llama", method)
     prompt = tokens(NATIVE - 8)
     generated = model.generate(prompt, max_new_tokens=20, do_sample=False, min_new_tokens=20, pad_token_id=0)
     sequence = prompt
@@ -100,7 +82,7 @@ def test_cached_generate_equals_recomputing_the_prefix(method):
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_padded_batch_generate_equals_rows_generated_alone(method):
     rows, ids, mask = _left_padded([60, 45])
-    model = extended("llama", method)
+    model = extend_tiny("llama", method)
     batched = model.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
                              pad_token_id=0)
     for i, row in enumerate(rows):
@@ -110,7 +92,7 @@ def test_padded_batch_generate_equals_rows_generated_alone(method):
 
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_save_and_reload_give_the_same_logits(method, tmp_path):
-    model = extended("llama", method, CASES[method].roundtrip_params)
+    model = extend_tiny("llama", method, CASES[method].roundtrip_params)
     ids = tokens(150)
     before = logits(model, ids)
     model.save_pretrained(tmp_path)
@@ -135,8 +117,8 @@ def test_restore_gives_back_the_unpatched_model(method):
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_bfloat16_stays_close_to_float32(method):
     ids = tokens(150)
-    full = logits(extended("llama", method), ids)
-    half = logits(extended("llama", method, dtype=torch.bfloat16), ids)
+    full = logits(extend_tiny("llama", method), ids)
+    half = logits(extend_tiny("llama", method, dtype=torch.bfloat16), ids)
     assert half.dtype == torch.bfloat16
     assert (half.float() - full).abs().max() < 0.1
 
@@ -185,32 +167,33 @@ def score_budget(request, monkeypatch):
 def test_lm_infinite_top_k_matches_dense_reference(family, from_layer, block, score_budget):
     ids = tokens(150, batch=2)
     params = {**LAMBDA, "top_k": 3, "top_k_from_layer": from_layer, "top_k_distance": 40}
-    got = logits(extended(family, "lm-infinite", params), ids)
-    torch.testing.assert_close(got, logits(reference(family, "lm-infinite", params), ids), atol=2e-4, rtol=1e-4)
-    assert not torch.allclose(got, logits(extended(family, "lm-infinite", LAMBDA), ids))
+    got = logits(extend_tiny(family, "lm-infinite", params), ids)
+    torch.testing.assert_close(got, logits(dense_reference(family, "lm-infinite", params), ids), atol=2e-4, rtol=1e-4)
+    assert not torch.allclose(got, logits(extend_tiny(family, "lm-infinite", LAMBDA), ids))
 
 
 def test_lm_infinite_top_k_keeps_every_middle_token_when_k_exceeds_them(block, score_budget):
     ids = tokens(150, batch=2)
     params = {**LAMBDA, "top_k": 200, "top_k_from_layer": 0}
-    got = logits(extended("llama", "lm-infinite", params), ids)
-    torch.testing.assert_close(got, logits(reference("llama", "lm-infinite", params), ids), atol=2e-4, rtol=1e-4)
+    got = logits(extend_tiny("llama", "lm-infinite", params), ids)
+    torch.testing.assert_close(got, logits(dense_reference("llama", "lm-infinite", params), ids), atol=2e-4, rtol=1e-4)
 
 
 def test_lm_infinite_top_k_acts_only_from_its_layer():
     ids = tokens(150, batch=2)
-    plain = logits(extended("llama", "lm-infinite", LAMBDA), ids)
-    above_every_layer = logits(extended("llama", "lm-infinite", {**LAMBDA, "top_k": 3, "top_k_from_layer": 2}), ids)
+    plain = logits(extend_tiny("llama", "lm-infinite", LAMBDA), ids)
+    above_every_layer = logits(extend_tiny("llama", "lm-infinite", {**LAMBDA, "top_k": 3, "top_k_from_layer": 2}), ids)
     assert torch.equal(above_every_layer, plain)
 
 
 def test_lm_infinite_without_top_k_is_the_plain_lambda_mask(block):
     ids = tokens(150, batch=2)
-    plain = logits(extended("llama", "lm-infinite", LAMBDA), ids)
+    plain = logits(extend_tiny("llama", "lm-infinite", LAMBDA), ids)
     off_params = {**LAMBDA, "top_k": 0, "top_k_from_layer": 0, "top_k_distance": 5}
-    off = logits(extended("llama", "lm-infinite", off_params), ids)
+    off = logits(extend_tiny("llama", "lm-infinite", off_params), ids)
     assert torch.equal(off, plain)
-    torch.testing.assert_close(plain, logits(reference("llama", "lm-infinite", LAMBDA), ids), atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(plain, logits(dense_reference("llama", "lm-infinite", LAMBDA), ids),
+                               atol=2e-4, rtol=1e-4)
 
 
 def test_top_k_attention_equals_a_softmax_over_the_chosen_keys(score_budget):
@@ -238,7 +221,7 @@ def test_ms_poe_defaults_are_the_reference_codes():
 def test_ms_poe_rankings_and_ladders_match_dense_reference(variant, family, block):
     ids = tokens(150, batch=2)
     got = logits(_sharp_ms_poe(variant, family), ids)
-    want = logits(reference(family, "ms-poe", _ms_poe(variant), model=_sharpened(make_model(family))), ids)
+    want = logits(dense_reference(family, "ms-poe", _ms_poe(variant), model=_sharpened(make_model(family))), ids)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
 
 
@@ -310,20 +293,8 @@ def test_ms_poe_refuses_unknown_choices_in_one_line(params, message):
     assert not ctxext.is_extended(model)
 
 
-def _yarn_checkpoint(factor: float = 2.0):
-    """A tiny Llama whose own config ships YaRN scaling (like a Qwen or Llama-3 checkpoint would)."""
-    from conftest import FAMILIES
-    from transformers import AutoModelForCausalLM
-
-    config = FAMILIES["llama"]()
-    config.rope_parameters = {"rope_type": "yarn", "factor": factor, "rope_theta": 10000.0,
-                              "original_max_position_embeddings": NATIVE}
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config).eval()
-
-
 def test_the_checkpoint_rope_scaling_is_kept():
-    model, reference_model = _yarn_checkpoint(), _yarn_checkpoint()
+    model, reference_model = yarn_checkpoint(), yarn_checkpoint()
     assert model.model.rotary_emb.attention_scaling > 1
     ctxext.extend(model, "string", factor=1, **CASES["string"].params)
     assert model.config.rope_parameters["rope_type"] == "yarn"
@@ -336,14 +307,14 @@ def test_the_checkpoint_rope_scaling_is_kept():
 def test_ms_poe_ranks_on_a_checkpoint_whose_rope_has_an_attention_factor(ranking):
     params = _ms_poe(dict(ranking=ranking))
     # YaRN factor 64: an attention factor of 1.42, large enough to change the ranks if it were kept
-    model = ctxext.extend(_sharpened(_yarn_checkpoint(64.0)), "ms-poe", factor=1, **params)
-    reference_model = reference("llama", "ms-poe", params, model=_sharpened(_yarn_checkpoint(64.0)))
+    model = ctxext.extend(_sharpened(yarn_checkpoint(64.0)), "ms-poe", factor=1, **params)
+    reference_model = dense_reference("llama", "ms-poe", params, model=_sharpened(yarn_checkpoint(64.0)))
     ids = tokens(150, batch=2)
     torch.testing.assert_close(logits(model, ids), logits(reference_model, ids), atol=2e-4, rtol=1e-4)
 
 
 def test_two_temperatures_are_never_stacked():
-    model = _yarn_checkpoint()
+    model = yarn_checkpoint()
     with pytest.raises(CtxextError, match="stack"):
         ctxext.extend(model, "dca", factor=2, temperature=True)
     assert not ctxext.is_extended(model) and model.config._attn_implementation == "sdpa"
@@ -363,10 +334,10 @@ def _with_log_scaling(method: str) -> dict:
 def test_log_scaling_matches_dense_reference(method, family, block):
     ids = tokens(150, batch=2)
     params = _with_log_scaling(method)
-    got = logits(extended(family, method, params), ids)
-    want = logits(reference(family, method, params), ids)
+    got = logits(extend_tiny(family, method, params), ids)
+    want = logits(dense_reference(family, method, params), ids)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
-    without = logits(extended(family, method, {**params, "log_scaling": False}), ids)
+    without = logits(extend_tiny(family, method, {**params, "log_scaling": False}), ids)
     assert not torch.allclose(got, without)
 
 
@@ -374,14 +345,14 @@ def test_log_scaling_matches_dense_reference(method, family, block):
 def test_log_scaling_changes_nothing_up_to_the_original_length(method):
     ids = tokens(NATIVE, batch=2)
     params = _with_log_scaling(method)
-    want = logits(extended("llama", method, {**params, "log_scaling": False}), ids)
-    assert torch.equal(logits(extended("llama", method, params), ids), want)
+    want = logits(extend_tiny("llama", method, {**params, "log_scaling": False}), ids)
+    assert torch.equal(logits(extend_tiny("llama", method, params), ids), want)
 
 
 @pytest.mark.parametrize("method", ["string", "rerope"])
 def test_log_scaling_uses_each_rows_own_positions(method, block):
     rows, ids, mask = _left_padded([150, 101, 37])
-    model = extended("llama", method, _with_log_scaling(method))
+    model = extend_tiny("llama", method, _with_log_scaling(method))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     batched = logits(model, ids, attention_mask=mask, position_ids=positions)
     for i, row in enumerate(rows):
@@ -390,7 +361,7 @@ def test_log_scaling_uses_each_rows_own_positions(method, block):
 
 @pytest.mark.parametrize("method", ["self-extend", "rerope"])
 def test_log_scaling_cached_generate_equals_recomputing_the_prefix(method):
-    model = extended("llama", method, _with_log_scaling(method))
+    model = extend_tiny("llama", method, _with_log_scaling(method))
     prompt = tokens(NATIVE - 8)
     generated = model.generate(prompt, max_new_tokens=20, do_sample=False, min_new_tokens=20, pad_token_id=0)
     sequence = prompt
@@ -402,7 +373,7 @@ def test_log_scaling_cached_generate_equals_recomputing_the_prefix(method):
 
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_log_scaling_never_stacks_on_the_rope_attention_factor(method):
-    model = _yarn_checkpoint()
+    model = yarn_checkpoint()
     with pytest.raises(CtxextError, match="stack"):
         ctxext.extend(model, method, factor=2, **_with_log_scaling(method))
     assert not ctxext.is_extended(model) and model.config._attn_implementation == "sdpa"
@@ -416,9 +387,9 @@ def test_unsupported_models_are_refused(family, message):
     if family == "mistral_sliding":
         from transformers import AutoModelForCausalLM, MistralConfig
 
-        model = AutoModelForCausalLM.from_config(MistralConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                                               num_hidden_layers=1, intermediate_size=64,
-                                                               vocab_size=128, sliding_window=32))
+        config = MistralConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=1,
+                               intermediate_size=64, vocab_size=128, sliding_window=32)
+        model = AutoModelForCausalLM.from_config(config)
     else:
         model = make_model(family)
     with pytest.raises(CtxextError, match=message):
@@ -434,7 +405,7 @@ def test_dynamic_rope_is_refused():
 
 
 def test_packed_sequences_and_4d_masks_are_refused():
-    model = extended("llama", "string")
+    model = extend_tiny("llama", "string")
     ids = tokens(20)
     packed = torch.cat([torch.arange(10), torch.arange(10)])[None]
     with pytest.raises(CtxextError, match="consecutive position ids|packed"):
@@ -476,7 +447,7 @@ def test_bad_parameters_get_clear_errors(method, params, message):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_matches_cpu(method, dtype, block):
     ids = tokens(150, batch=2)
-    model = extended("llama", method, dtype=dtype)
+    model = extend_tiny("llama", method, dtype=dtype)
     cpu = logits(model, ids).float()
     got = logits(model.to("cuda"), ids.to("cuda")).float().cpu()
     tolerance = 1e-3 if dtype == torch.float32 else 2e-2
@@ -505,7 +476,7 @@ def test_cli_patch_records_an_attention_method_that_from_pretrained_reapplies(ti
     reloaded = ctxext.from_pretrained(tiny_dir)
     assert reloaded.config._attn_implementation == "ctxext_dca"
     ids = tokens(150)
-    torch.testing.assert_close(logits(reloaded, ids), logits(extended("llama", "dca"), ids), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(logits(reloaded, ids), logits(extend_tiny("llama", "dca"), ids), atol=1e-6, rtol=1e-6)
     assert main(["unpatch", str(tiny_dir)]) == 0
     assert (tiny_dir / "config.json").read_bytes() == original
     with pytest.raises(SystemExit):

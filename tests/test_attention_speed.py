@@ -24,8 +24,10 @@ def test_sweep_writes_plot_json_and_markdown(tmp_path):
     subprocess.run(command, check=True, capture_output=True, text=True)
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     points = json.loads(out.with_suffix(".json").read_text())["points"]
-    assert [(p["method"], p["length"]) for p in points] == [("unpatched", 32), ("unpatched", 64), ("dca", 32), ("dca", 64)]
-    rows = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    assert [(p["method"], p["length"]) for p in points] == [("unpatched", 32), ("unpatched", 64),
+                                                             ("dca", 32), ("dca", 64)]
+    rows = [line for line in out.with_suffix(".md").read_text().splitlines()
+            if line.startswith("| ") and "---" not in line]
     assert [row.split(" | ")[:2] for row in rows[1:]] == [["| unpatched", "32"], ["| unpatched", "64"],
                                                           ["| dca", "32"], ["| dca", "64"]]
 

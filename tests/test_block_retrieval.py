@@ -14,9 +14,6 @@ import math
 
 import pytest
 import torch
-from attention_reference import _turn
-from conftest import NATIVE, logits, make_model, tokens
-from method_cases import CASES
 
 import ctxext
 from ctxext.core.registry import Scaling
@@ -26,39 +23,11 @@ from ctxext.model.attention import bands
 from ctxext.model.attention.runtime import Call
 from ctxext.model.compat import cache_keyword, returned_cache
 
+from support.attention_reference import retrieval_distances, turn
+from support.method_cases import CASES
+from support.models import NATIVE, logits, make_model, tokens
+
 PARAMS = CASES["block-retrieval"].params
-
-
-def retrieval_distances(q0, k0, params: dict, kv_heads: int):
-    """(distance, visible), each (hq, n, n), of one row of n tokens from its un-rotated queries and keys
-    q0, k0 (hq, n, d; the keys repeated per query head), in fp64 query by query; distances as fp32."""
-    hq, n, _ = q0.shape
-    group = hq // kv_heads
-    sinks, window, size, top_k = (params[name] for name in ("n_sink", "window", "block_size", "top_k"))
-    q, k = q0.double(), k0.double()
-    distance = torch.zeros(hq, n, n, dtype=torch.float64)
-    visible = torch.zeros(hq, n, n, dtype=torch.bool)
-    for i in range(n):
-        seen = max(0, (i + 1 - window - sinks) // size)
-        local = sinks + seen * size
-        for h in range(kv_heads):
-            heads = slice(h * group, (h + 1) * group)
-            chosen = []
-            if seen:
-                means = torch.stack([k[h * group, sinks + b * size : sinks + (b + 1) * size].mean(0)
-                                     for b in range(seen)])
-                chosen = sorted((q[heads, i].sum(0) @ means.T).topk(min(top_k, seen)).indices.tolist())
-            for j in range(min(sinks, i + 1)):
-                distance[heads, i, j] = (i - local) + len(chosen) * size + sinks - j
-                visible[heads, i, j] = True
-            for j in range(local, i + 1):
-                distance[heads, i, j] = i - j
-                visible[heads, i, j] = True
-            for rank, b in enumerate(chosen):
-                for u in range(size):
-                    distance[heads, i, sinks + b * size + u] = (i - local) + (len(chosen) - rank) * size - u
-                    visible[heads, i, sinks + b * size + u] = True
-    return distance.float(), visible
 
 
 def dense(q0, k0, v, params: dict, inv_freq, scale: float):
@@ -70,7 +39,7 @@ def dense(q0, k0, v, params: dict, inv_freq, scale: float):
         distance, visible = retrieval_distances(q0[row], k0[row], params, hkv)
         n, d = distance.shape[-1], q0.shape[-1]
         angles = distance.double()[..., None] * inv_freq.double()
-        rotated = _turn(q0[row].double()[:, :, None, :].expand(hq, n, n, d), angles)
+        rotated = turn(q0[row].double()[:, :, None, :].expand(hq, n, n, d), angles)
         scores = ((rotated * k0[row][:, None]).sum(-1) * scale).masked_fill(~visible, -math.inf)
         out.append(scores.softmax(-1) @ v[row])
     return torch.stack(out)
@@ -133,7 +102,7 @@ def test_plain_attention_while_every_candidate_fits(block, pair_budget):
     q, k, v = random_row(2, 4, 2, 58)
     inv_freq = 10000.0 ** (-torch.arange(0, 16, 2).float() / 16)
     angles = torch.arange(58).float()[:, None] * inv_freq
-    want = torch.nn.functional.scaled_dot_product_attention(_turn(q, angles), _turn(k, angles), v, is_causal=True,
+    want = torch.nn.functional.scaled_dot_product_attention(turn(q, angles), turn(k, angles), v, is_causal=True,
                                                             scale=0.3, enable_gqa=True)
     torch.testing.assert_close(attended(params, q, k, v, inv_freq, 0.3), want, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(attended(PARAMS, q, k, v, inv_freq, 0.3), want)  # top_k 2 of 10 blocks

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NATIVE, logits, tokens
 
 from ctxext.cli import main
+
+from support.models import NATIVE, logits, tokens
 
 STOCK_LOAD = """
 import sys, torch
@@ -174,7 +175,8 @@ def test_non_rope_model_double_patch_and_unpatch_of_clean_dir(tiny_dir, tmp_path
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = tmp_path / "gpt2"
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0)).save_pretrained(gpt2)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(gpt2)
     before = snapshot(gpt2)
     expect_error(["patch", "--method", "yarn", "--factor", "2", gpt2], "model type 'gpt2' has no rotary")
     assert snapshot(gpt2) == before

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NATIVE, make_model
-from test_serving import EXPECTED, FACTOR, patch_every_method
 
 import ctxext
 from ctxext.serving import engine_view
+
+from support.models import NATIVE, make_model
+from support.serving import EXPECTED, FACTOR, patch_every_method
 
 pytestmark = pytest.mark.engines
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def _probe(engine: str, script: str, paths: list[Path]) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def vllm_reading(tmp_path_factory):
-    """method -> (ctxext's vLLM prediction, what vLLM read), for every row of test_serving's table."""
+    """method -> (ctxext's vLLM prediction, what vLLM read), for every row of the serving table (support/serving.py)."""
     root = tmp_path_factory.mktemp("vllm")
     paths = {method: directory for method, (directory, _, _) in patch_every_method(root).items()}
     make_model("qwen2").save_pretrained(root / "tiny-qwen2")

@@ -55,7 +55,8 @@ def test_report_files(report_dir):
         assert {"n_tokens", "depth", "expected", "generated", "correct"} <= set(r)
         assert r["n_tokens"] + 10 <= r["length"] and r["depth"] in (0.0, 1.0)
     # the methods saw the same prompts
-    by_method = {m: [(r["length"], r["sample"], r["expected"]) for r in passkey if r["method"] == m] for m in ("yarn", "ntk")}
+    by_method = {m: [(r["length"], r["sample"], r["expected"]) for r in passkey if r["method"] == m]
+                 for m in ("yarn", "ntk")}
     assert by_method["yarn"] == by_method["ntk"]
     ppl = data["summary"]["ppl"]
     assert set(ppl) == {"unpatched", "yarn", "ntk"} and all(v["ppl"] > 1 for m in ppl.values() for v in m.values())

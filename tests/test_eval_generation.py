@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from conftest import make_model, tokens
 
 from ctxext.eval.generation import greedy_generate
+
+from support.models import make_model, tokens
 
 
 class IdsTokenizer:

@@ -8,12 +8,13 @@ import re
 from collections import Counter
 
 import pytest
-from conftest import byte_tokenizer
 
 from ctxext.eval import passkey, ruler
 from ctxext.eval.haystack import NOISE
 from ctxext.eval.samples import count_tokens
 from ctxext.eval.tasks import make_sample
+
+from support.models import byte_tokenizer
 
 ALL_TASKS = ["passkey", *ruler.TASKS]
 

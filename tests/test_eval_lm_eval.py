@@ -64,7 +64,8 @@ def test_each_length_of_the_metadata_is_a_metric(no_network, tiny_eval_dir):
 
 @pytest.mark.parametrize("lengths", ["4k", [], [0, 4096]])
 def test_bad_max_seq_lengths_is_a_one_line_error(no_network, tiny_eval_dir, lengths):
-    with pytest.raises(ValueError, match=r"^max_seq_lengths must be positive token lengths, e\.g\. \[4096, 8192\]; got"):
+    with pytest.raises(ValueError,
+                       match=r"^max_seq_lengths must be positive token lengths, e\.g\. \[4096, 8192\]; got"):
         _manager(tiny_eval_dir, lengths, 1).load(["ctxext_passkey"])
 
 

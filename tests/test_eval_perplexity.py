@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
-from conftest import make_model
 
 from ctxext.errors import CtxextError
 from ctxext.eval import perplexity
 from ctxext.eval.summary import _ppl
+
+from support.models import make_model
 
 
 def _direct_nll(model, ids):

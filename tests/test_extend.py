@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
-from conftest import NATIVE, logits, make_model, tokens, unsupported
-from method_cases import CASES, ROPE_METHODS
 from transformers import AutoModelForCausalLM, GPT2Config
 
 import ctxext
 from ctxext import CtxextError
 from ctxext.methods.ntk import ntk_theta
+
+from support.method_cases import CASES, ROPE_METHODS
+from support.models import NATIVE, logits, make_model, tokens, unsupported
 
 DYNAMIC = [name for name in ROPE_METHODS if ctxext.get_method(name).dynamic]
 STATIC = [name for name in ROPE_METHODS if name not in DYNAMIC]

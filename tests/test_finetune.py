@@ -7,9 +7,8 @@ import math
 
 import pytest
 import torch
-from conftest import FAMILIES, make_model, tokens
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 import ctxext
 from ctxext.cli import main
@@ -17,6 +16,8 @@ from ctxext.eval.perplexity import perplexity as eval_perplexity
 from ctxext.eval.perplexity import score_window, window_count
 from ctxext.eval.summary import _ppl
 from ctxext.recipes import finetune, load_finetuned
+
+from support.models import FAMILIES, WORDS, make_model, tokens, word_tokenizer
 
 pytest.importorskip("peft")
 
@@ -88,7 +89,8 @@ def test_merged_checkpoint_equals_the_adapter_model(tmp_path):
 @pytest.mark.parametrize("tied", [False, True])
 def test_longlora_lite_trains_embeddings_and_norms(tmp_path, tied):
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**{**FAMILIES["llama"]().to_dict(), "tie_word_embeddings": tied}))
+    config = LlamaConfig(**{**FAMILIES["llama"]().to_dict(), "tie_word_embeddings": tied})
+    model = AutoModelForCausalLM.from_config(config)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     result = run(tmp_path / "out", model=model, recipe="longlora-lite", merge=True)
     saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
@@ -109,12 +111,14 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     assert resumed.perplexity_before == straight.perplexity_before
     a, b = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-00000002",
+                                                                                        "step-00000004"]
 
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path):
     run(tmp_path / "out", steps=2, save_every=2)
-    with pytest.raises(ctxext.CtxextError, match=r"cannot resume from .*step-00000002: it was made with other settings"):
+    with pytest.raises(ctxext.CtxextError,
+                       match=r"cannot resume from .*step-00000002: it was made with other settings"):
         run(tmp_path / "out", steps=4, resume=True, lr=1e-3)
     with pytest.raises(ctxext.CtxextError, match="the last checkpoint is at step 2"):
         run(tmp_path / "out", steps=2, resume=True)
@@ -122,19 +126,10 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path):
         run(tmp_path / "other", steps=2, resume=True)
 
 
-WORDS = "the sky is blue and the grass is green while a river runs down to the sea".split()
-
-
 @pytest.fixture
 def tiny_with_tokenizer(tiny_dir):
     """The tiny Llama directory plus a word-level tokenizer whose ids fit its vocabulary."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(tiny_dir)
+    word_tokenizer().save_pretrained(tiny_dir)
     return tiny_dir
 
 
@@ -143,8 +138,8 @@ def test_cli_finetune_end_to_end(tiny_with_tokenizer, tmp_path, capsys):
     data.write_text(" ".join(WORDS * 40))
     out = tmp_path / "out"
     assert main(["finetune", str(tiny_with_tokenizer), "--method", "yarn", "--factor", "4", "--recipe", "pose-lora",
-                 "--data", str(data), "--out", str(out), "--steps", "3", "--seq-len", "32", "--eval-length", "64", "--save-every", "2",
-                 "--merge"]) == 0
+                 "--data", str(data), "--out", str(out), "--steps", "3", "--seq-len", "32", "--eval-length", "64",
+                 "--save-every", "2", "--merge"]) == 0
     printed = capsys.readouterr().out
     assert f"adapter saved to {out}" in printed and "perplexity at 64 tokens:" in printed
     assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()

@@ -9,16 +9,17 @@ the parameter errors.
 
 from __future__ import annotations
 
-import attention_reference
 import pytest
 import torch
-from conftest import NATIVE, logits, make_model, tokens
 
 import ctxext
 from ctxext.errors import CtxextError
-from ctxext.model.compat import cache_keyword, returned_cache
 from ctxext.methods import gali
 from ctxext.model.attention import bands
+from ctxext.model.compat import cache_keyword, returned_cache
+
+from support import attention_reference
+from support.models import NATIVE, logits, make_model, tokens
 
 WINDOW = dict(local_window=8)
 QUIET = dict(WINDOW, noise=False)

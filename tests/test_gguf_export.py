@@ -314,7 +314,8 @@ def test_a_replace_patch_drops_the_tensor_an_earlier_llama3_patch_added(tiny_ggu
 def test_a_gguf_with_its_own_rope_freqs_is_refused(tmp_path, method, replace):
     source = write_tiny_gguf(tmp_path / "llama31.gguf",
                              extra_tensors={"rope_freqs.weight": np.full(ROTARY // 2, 2.0, dtype=np.float32)})
-    with pytest.raises(ctxext.CtxextError, match=r"already has per-dimension rope factors \(rope_freqs.weight") as error:
+    with pytest.raises(ctxext.CtxextError,
+                       match=r"already has per-dimension rope factors \(rope_freqs.weight") as error:
         ctxext.patch(source, method, factor=2, output=tmp_path / "out.gguf", replace=replace)
     assert "\n" not in str(error.value)
     assert [p.name for p in tmp_path.iterdir()] == ["llama31.gguf"]

@@ -6,172 +6,27 @@ appear (run.json, a report, a staging folder) or disappear. The model directorie
 workspaces have a corrupt weights file, so a check that ran after the model load would fail with
 the load's error instead of its own message: each refusal below happens before the model loads.
 
-Starting Python and importing torch and transformers takes seconds per command, so the commands
-run through a small fork server: one process imports ``ctxext.cli`` once, then forks a fresh child
-per command, which runs the module as ``python -m`` does (``runpy``) with its own stdout, stderr,
-working directory and exit status. ``test_the_fork_server_answers_as_python_dash_m_does`` checks
-that it answers as a real ``python -m ctxext.cli`` does.
+The commands run through the fork server of ``support/cli_harness.py`` (the session fixture ``cli``);
+``test_the_fork_server_answers_as_python_dash_m_does`` checks that it answers as a real
+``python -m ctxext.cli`` does.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import byte_tokenizer
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config
 
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-
-DRIVER = r"""
-import json, os, runpy, sys, time
-import ctxext.cli, ctxext.cli.eval, ctxext.eval.runner, ctxext.eval.report, ctxext.recipes.train  # once
-import transformers
-from transformers import AutoConfig, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast  # noqa: F401
-
-replies = os.fdopen(os.dup(1), "w")
-devnull = os.open(os.devnull, os.O_WRONLY)
-os.dup2(devnull, 1)  # only replies on the reply pipe
-for line in sys.stdin:
-    request = json.loads(line)
-    pid = os.fork()
-    if pid == 0:  # the command, as `python -m ctxext.cli ARGS` runs it
-        code = 1
-        try:
-            os.chdir(request["cwd"])
-            fd = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(fd, 0)
-            for target, path in ((1, request["stdout"]), (2, request["stderr"])):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                os.dup2(fd, target)
-                os.close(fd)
-            sys.stdin = open(os.devnull)
-            sys.argv = ["ctxext", *request["argv"]]
-            sys.modules.pop("ctxext.cli", None)  # as `python -m` finds it: not imported yet
-            try:
-                runpy.run_module("ctxext.cli", run_name="__main__", alter_sys=True)
-                code = 0
-            except SystemExit as exc:
-                if exc.code is None or isinstance(exc.code, int):
-                    code = exc.code or 0
-                else:
-                    print(exc.code, file=sys.stderr)
-            except BaseException:
-                import traceback
-                traceback.print_exc()
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
-    start = time.monotonic()
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            rc = os.waitstatus_to_exitcode(status)
-            break
-        if time.monotonic() - start > request["timeout"]:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            rc = None
-            break
-        time.sleep(0.005)
-    replies.write(json.dumps({"rc": rc, "seconds": time.monotonic() - start}) + "\n")
-    replies.flush()
-"""
-
-
-@dataclass
-class Result:
-    rc: int | None
-    stdout: str
-    stderr: str
-    seconds: float
-
-
-class CliServer:
-    """Runs ``ctxext`` commands, each in a fresh forked process (see the module docstring)."""
-
-    def __init__(self, scratch: Path):
-        self.scratch = scratch
-        self.count = 0
-        env = {**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen([sys.executable, "-c", DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True, env=env, cwd=scratch)
-
-    def run(self, *args, cwd: Path | None = None, timeout: float = 300) -> Result:
-        self.count += 1
-        out, err = self.scratch / f"{self.count}.out", self.scratch / f"{self.count}.err"
-        request = {"argv": [str(a) for a in args], "cwd": str(cwd or self.scratch), "stdout": str(out),
-                   "stderr": str(err), "timeout": timeout}
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        reply = self.process.stdout.readline()
-        assert reply, "the fork server died"
-        reply = json.loads(reply)
-        return Result(reply["rc"], out.read_text(), err.read_text(), reply["seconds"])
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
-
-
-@pytest.fixture(scope="session")
-def cli(tmp_path_factory):
-    server = CliServer(tmp_path_factory.mktemp("cli-server"))
-    yield server
-    server.close()
-
-
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every entry under ``root``: kind, mode, and a file's sha256 (a symlink's target)."""
-    found = {}
-    for path in sorted([root, *root.rglob("*")]):
-        info = path.lstat()
-        name = str(path.relative_to(root))
-        if stat.S_ISREG(info.st_mode):
-            found[name] = ("file", stat.S_IMODE(info.st_mode), hashlib.sha256(path.read_bytes()).hexdigest())
-        elif stat.S_ISDIR(info.st_mode):
-            found[name] = ("dir", stat.S_IMODE(info.st_mode))
-        else:
-            found[name] = ("other", stat.S_IMODE(info.st_mode), os.readlink(path) if path.is_symlink() else None)
-    return found
-
-
-def assert_refused(result: Result, message: str) -> None:
-    """Exit status 2 and exactly one stderr line, ``ctxext: error: ...`` naming the problem; no traceback."""
-    assert result.rc == 2, (result.rc, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.count("\n") == 1 and result.stderr.endswith("\n") and "\r" not in result.stderr, result.stderr
-    assert result.stderr.startswith("ctxext: error: "), result.stderr
-    assert message in result.stderr, (message, result.stderr)
-
-
-def expect_refusal(cli: CliServer, workspace: Path, args: list[str], message: str, cwd: Path | None = None) -> Result:
-    """Run a command that must be refused; the workspace must be byte for byte and mode for mode as it was."""
-    args = [str(a).format(ws=workspace) for a in args]
-    message = message.format(ws=workspace)
-    before = snapshot(workspace)
-    result = cli.run(*args, cwd=cwd or workspace)
-    assert_refused(result, message)
-    assert snapshot(workspace) == before, "the refused command changed, added or removed files"
-    return result
-
-
-def break_weights(model_dir: Path) -> None:
-    """A corrupt weights file: loading the model now fails with an error of its own."""
-    (model_dir / "model.safetensors").write_bytes(b"not a safetensors file")
-
+from support import bad_inputs
+from support.cli_harness import OFFLINE, break_weights, expect_refusal, with_flags
+from support.models import byte_tokenizer
 
 CORPUS = "The quick brown fox jumps over the lazy dog. " * 30  # about 1350 byte-level tokens
 
@@ -195,7 +50,6 @@ def eval_template(tiny_eval_dir, tmp_path_factory):
     (user / "data.csv").write_text("a,b\n1,2\n")
     os.chmod(user / "data.csv", 0o640)
     (user / "sub" / "keep.txt").write_text("keep me")
-    (root / "notes.txt").write_text("a user file")
     for name, content in (("foreign", '{"name": "another tool", "steps": 3}'), ("corrupt", "{"), ("listed", "[1, 2]")):
         (root / name).mkdir()
         (root / name / "run.json").write_text(content)
@@ -207,20 +61,8 @@ def eval_template(tiny_eval_dir, tmp_path_factory):
     (root / "readonly").mkdir()
     (root / "not-a-dataset").mkdir()
     (root / "not-a-dataset" / "file.txt").write_text("text")
-    (root / "noconfig").mkdir()
-    (root / "noconfig" / "weights.bin").write_bytes(b"\0" * 16)
-    shutil.copytree(root / "model", root / "badconfig")
-    (root / "badconfig" / "config.json").write_text("{not json")
-    (root / "notokenizer").mkdir()
-    shutil.copy(root / "model" / "config.json", root / "notokenizer")
-    shutil.copy(root / "model" / "model.safetensors", root / "notokenizer")
-    shutil.copytree(root / "model", root / "othervocab")  # a tokenizer whose ids the embedding does not have
-    config = json.loads((root / "othervocab" / "config.json").read_text())
-    (root / "othervocab" / "config.json").write_text(json.dumps({**config, "vocab_size": 64}))
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=260, bos_token_id=1,
-                               eos_token_id=2)).save_pretrained(root / "gpt2")
-    byte_tokenizer().save_pretrained(root / "gpt2")
-    (root / "fake.gguf").write_bytes(b"GGUF but not really")
+    gpt2 = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=260, bos_token_id=1, eos_token_id=2)
+    bad_inputs.plant_bad_models(root, byte_tokenizer(), gpt2, vocab_size=64)
     return root
 
 
@@ -340,7 +182,8 @@ BAD_TASKS = [
     (["--lm-eval-tasks", "ctxext_nope"], "unknown lm-eval task(s): ctxext_nope"),
     (["--lm-eval-tasks", "ctxext_passkey,ctxext_bogus"], "unknown lm-eval task(s): ctxext_bogus"),
     (["--lm-eval-tasks", "ctxext_passkey,no_such_lm_eval_task"], "unknown lm-eval task(s): no_such_lm_eval_task"),
-    (["--lm-eval-tasks", "ctxext_passkey", "--lm-eval-limit", "0"], "--lm-eval-limit must be a whole number of at least 1"),
+    (["--lm-eval-tasks", "ctxext_passkey", "--lm-eval-limit", "0"],
+     "--lm-eval-limit must be a whole number of at least 1"),
 ]
 
 
@@ -437,16 +280,7 @@ def test_out_directory_that_is_not_a_ctxext_run_is_refused(cli, ws, out, message
     expect_refusal(cli, ws, eval_args(out=out), message)
 
 
-BAD_MODELS = [
-    ("{ws}/missing", "{ws}/missing: no such file or directory"),
-    ("{ws}/noconfig", "{ws}/noconfig: no config.json in this directory"),
-    ("{ws}/notes.txt", "{ws}/notes.txt: expected a model directory or a .gguf file"),
-    ("{ws}/badconfig", "{ws}/badconfig: cannot read the model's config"),
-    ("{ws}/fake.gguf", "{ws}/fake.gguf: cannot read the model's config"),
-    ("{ws}/gpt2", "model type 'gpt2' has no rotary"),
-    ("{ws}/notokenizer", "{ws}/notokenizer: cannot load its tokenizer"),
-    ("{ws}/othervocab", "beyond the model's vocabulary of 64: the tokenizer does not belong to this model"),
-]
+BAD_MODELS = [*bad_inputs.BAD_MODELS, bad_inputs.wrong_vocabulary(64)]
 
 
 @pytest.mark.parametrize("model,message", BAD_MODELS)
@@ -507,17 +341,6 @@ def run_ws(run_template, tmp_path):
     root = tmp_path / "ws"
     shutil.copytree(run_template, root)
     return root
-
-
-def with_flags(args: list[str], **changes) -> list[str]:
-    args = list(args)
-    for flag, value in changes.items():
-        flag = "--" + flag.replace("_", "-")
-        if flag in args:
-            args[args.index(flag) + 1] = value
-        else:
-            args += [flag, value]
-    return args
 
 
 OTHER_SETTINGS = [

@@ -1,6 +1,6 @@
 """``ctxext finetune`` refuses bad input with one line, before the model loads, files untouched.
 
-As in ``test_guard_eval.py`` (whose fork server, snapshot and assertions this module uses), every
+As in ``test_guard_eval.py`` (with the same fork server and checks, ``support/cli_harness.py``), every
 bad input runs the command line in its own process, in a workspace of user files compared before
 and after, on a model directory whose weights file is corrupt: a check that ran after the load
 would fail with the load's error instead. Nothing may be created either: no --out folder, no
@@ -16,25 +16,17 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_model
-from test_guard_eval import break_weights, cli, expect_refusal, with_flags  # noqa: F401  (cli: the session's fork server)
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config
 
 import ctxext
 
+from support import bad_inputs
+from support.cli_harness import break_weights, expect_refusal, with_flags
+from support.models import WORDS, make_model, word_tokenizer
+
 pytest.importorskip("peft")
 
-WORDS = "the sky is blue and the grass is green while a river runs down to the sea".split()
 CORPUS = " ".join(WORDS * 40)  # 680 words, one token each
-
-
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
 
 
 @pytest.fixture(scope="session")
@@ -65,24 +57,11 @@ def finetune_template(tmp_path_factory):
     (user / "notes.md").write_text("# notes\n")
     os.chmod(user / "notes.md", 0o600)
     (user / "sub" / "keep.txt").write_text("keep me")
-    (root / "notes.txt").write_text("a user file")
     (root / "readonly").mkdir()
-    (root / "noconfig").mkdir()
-    (root / "noconfig" / "weights.bin").write_bytes(b"\0" * 16)
-    shutil.copytree(root / "model", root / "badconfig")
-    (root / "badconfig" / "config.json").write_text("{not json")
-    (root / "notokenizer").mkdir()
-    shutil.copy(root / "model" / "config.json", root / "notokenizer")
-    shutil.copy(root / "model" / "model.safetensors", root / "notokenizer")
-    shutil.copytree(root / "model", root / "othervocab")
-    config = json.loads((root / "othervocab" / "config.json").read_text())
-    (root / "othervocab" / "config.json").write_text(json.dumps({**config, "vocab_size": 8}))
+    gpt2 = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0)
+    bad_inputs.plant_bad_models(root, word_tokenizer(), gpt2, vocab_size=8)
     ctxext.patch_directory(root / "good", "pi", factor=2, output=root / "patched")
     break_weights(root / "patched")
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, bos_token_id=0,
-                               eos_token_id=0)).save_pretrained(root / "gpt2")
-    word_tokenizer().save_pretrained(root / "gpt2")
-    (root / "fake.gguf").write_bytes(b"GGUF but not really")
     return root
 
 
@@ -97,8 +76,8 @@ def ws(finetune_template, tmp_path):
 
 def finetune_args(*extra, model="{ws}/model", data="{ws}/corpus.txt", out="{ws}/out"):
     """Valid flags (target 256 tokens, windows of 32, held-out 64) unless ``extra`` changes them."""
-    return ["finetune", model, "--factor", "4", "--data", data, "--steps", "2", "--seq-len", "32", "--eval-length", "64",
-            "--out", out, *extra]
+    return ["finetune", model, "--factor", "4", "--data", data, "--steps", "2", "--seq-len", "32",
+            "--eval-length", "64", "--out", out, *extra]
 
 
 BAD_EXTENSION = [
@@ -151,7 +130,8 @@ BAD_DATA = [
     ("{ws}/short.txt", [], "the data has 17 tokens, too few for seq-len 32 plus a held-out evaluation window of 64"),
     ("{ws}/corpus.txt", ["--eval-length", "1000"], "the data has 680 tokens, too few for seq-len 32 plus a held-out"),
     ("{ws}/short.txt", ["--no-eval"], "the training data has 17 tokens, fewer than seq-len 32 + 1"),
-    ("{ws}/corpus.jsonl", ["--seq-len", "256", "--eval-length", "512"], "the data has 683 tokens, too few for seq-len 256"),
+    ("{ws}/corpus.jsonl", ["--seq-len", "256", "--eval-length", "512"],
+     "the data has 683 tokens, too few for seq-len 256"),
 ]
 
 
@@ -202,17 +182,8 @@ def test_out_that_is_not_a_new_folder_or_a_run_is_refused(cli, ws, out, extra, m
     expect_refusal(cli, ws, finetune_args(*extra, out=out), message)
 
 
-BAD_MODELS = [
-    ("{ws}/missing", "{ws}/missing: no such file or directory"),
-    ("{ws}/noconfig", "{ws}/noconfig: no config.json in this directory"),
-    ("{ws}/notes.txt", "{ws}/notes.txt: expected a model directory or a .gguf file"),
-    ("{ws}/badconfig", "{ws}/badconfig: cannot read the model's config"),
-    ("{ws}/fake.gguf", "{ws}/fake.gguf: cannot read the model's config"),
-    ("{ws}/gpt2", "model type 'gpt2' has no rotary"),
-    ("{ws}/patched", "model is already extended with 'pi'; pass replace=True (--replace)"),
-    ("{ws}/notokenizer", "{ws}/notokenizer: cannot load its tokenizer"),
-    ("{ws}/othervocab", "beyond the model's vocabulary of 8: the tokenizer does not belong to this model"),
-]
+BAD_MODELS = [*bad_inputs.BAD_MODELS, bad_inputs.wrong_vocabulary(8),
+              ("{ws}/patched", "model is already extended with 'pi'; pass replace=True (--replace)")]
 
 
 @pytest.mark.parametrize("model,message", BAD_MODELS)

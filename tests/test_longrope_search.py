@@ -26,7 +26,7 @@ from ctxext.eval import perplexity
 from ctxext.eval import tune as tune_module
 from ctxext.eval.store import RecordStore
 
-from conftest import assert_refused_before_loading
+from support.cli_harness import assert_refused_before_loading
 
 NATIVE, TARGET, VOCAB = 64, 128, 32
 PLAN = dict(population=8, iterations=4)

@@ -1,21 +1,22 @@
-"""The method table of ``method_cases.py`` covers exactly the registered methods, correctly."""
+"""The method table of ``support/method_cases.py`` covers exactly the registered methods, correctly."""
 
 from __future__ import annotations
 
 import pytest
-from method_cases import CASES
 
 import ctxext
+
+from support.method_cases import CASES
 
 
 def test_every_registered_method_has_a_case():
     missing = sorted(set(ctxext.list_methods()) - set(CASES))
-    assert not missing, f"add these methods to tests/method_cases.py: {missing}"
+    assert not missing, f"add these methods to tests/support/method_cases.py: {missing}"
 
 
 def test_every_case_names_a_registered_method():
     unknown = sorted(set(CASES) - set(ctxext.list_methods()))
-    assert not unknown, f"tests/method_cases.py names methods ctxext does not register: {unknown}"
+    assert not unknown, f"tests/support/method_cases.py names methods ctxext does not register: {unknown}"
 
 
 @pytest.mark.parametrize("name", sorted(set(CASES) & set(ctxext.list_methods())))

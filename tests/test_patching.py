@@ -17,7 +17,8 @@ from ctxext.checkpoint.config_json import BACKUP
 
 
 def modes(directory: Path) -> dict[str, tuple[bytes, int]]:
-    return {p.name: (p.read_bytes(), stat.S_IMODE(p.stat().st_mode)) for p in sorted(directory.iterdir()) if p.is_file()}
+    return {p.name: (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(directory.iterdir()) if p.is_file()}
 
 
 def test_patch_directory_in_place_and_unpatch_give_the_original_back(tiny_dir):

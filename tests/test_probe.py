@@ -9,20 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_refused_before_loading
 from matplotlib.image import imread
 
 import ctxext
 from ctxext.checkpoint.info import describe
 from ctxext.cli import main
-from ctxext.eval.backend import TransformersBackend
 from ctxext.core.record import ExtensionRecord
 from ctxext.errors import CtxextError
 from ctxext.eval import runner
+from ctxext.eval.backend import TransformersBackend
 from ctxext.eval.constants import BASELINE
 from ctxext.eval.probe import ProbeResult, ladder, probe, read_summary
 from ctxext.eval.store import RECORDS
 from ctxext.eval.summary import summarize
+
+from support.cli_harness import assert_refused_before_loading
 
 TASKS = ["passkey", "niah_single_1"]
 LENGTHS = [600, 700]  # the byte tokenizer's niah_single_1 prompts need about 520 tokens

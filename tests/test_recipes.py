@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, byte_tokenizer, make_model, tokens
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from ctxext.errors import CtxextError
@@ -13,6 +12,8 @@ from ctxext.eval.perplexity import text_ids
 from ctxext.model.compat import cache_keyword, returned_cache
 from ctxext.recipes import list_recipes, load_recipe, perplexity, pose_position_ids
 from ctxext.recipes.data import read_texts
+
+from support.models import FAMILIES, byte_tokenizer, make_model, tokens
 
 
 def draw(seq_len: int, target: int, seed: int, chunks: int = 2) -> torch.Tensor:
@@ -103,8 +104,8 @@ def test_jumping_position_ids_reach_the_rotary_module_and_keep_the_causal_mask()
     with torch.no_grad():
         whole = model(input_ids=ids, position_ids=positions, attention_mask=torch.ones_like(ids)).logits
         first = model(input_ids=ids[:, :10], position_ids=positions[:, :10], use_cache=True)
-        second = model(input_ids=ids[:, 10:], position_ids=positions[:, 10:], **{cache_keyword(model): returned_cache(first)},
-                       attention_mask=torch.ones_like(ids)).logits
+        second = model(input_ids=ids[:, 10:], position_ids=positions[:, 10:],
+                       **{cache_keyword(model): returned_cache(first)}, attention_mask=torch.ones_like(ids)).logits
         dense = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         no_mask = model(input_ids=ids, position_ids=positions, use_cache=False).logits
     assert torch.allclose(whole, torch.cat([first.logits, second], dim=1), atol=1e-5)

@@ -6,14 +6,14 @@ defaults and its cache layout (keys cached un-rotated, or at j / k when leaky).
 
 from __future__ import annotations
 
-import attention_reference
 import pytest
 import torch
-from conftest import NATIVE, logits, make_model, tokens
 
 import ctxext
-from ctxext.model.attention import bands
 from ctxext.model.compat import returned_cache
+
+from support import attention_reference
+from support.models import NATIVE, logits, make_model, tokens
 
 PLAIN = dict(window=12)
 
@@ -26,12 +26,6 @@ def _reference(family: str, params: dict):
     model = make_model(family)
     attention_reference.install(model, "rerope", params)
     return model
-
-
-@pytest.fixture(params=[16, bands.BLOCK], ids=["block16", "block-default"])
-def block(request, monkeypatch):
-    monkeypatch.setattr(bands, "BLOCK", request.param)
-    return request.param
 
 
 @pytest.mark.parametrize("params", [PLAIN, dict(window=1), dict(window=12, leaky=16.0), dict(PLAIN, log_scaling=False)],

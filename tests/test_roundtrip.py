@@ -7,11 +7,12 @@ import sys
 
 import pytest
 import torch
-from conftest import NATIVE, logits, make_model, tokens
-from method_cases import CASES, ROPE_METHODS
 
 import ctxext
 from ctxext.core.registry import get_method
+
+from support.method_cases import CASES, ROPE_METHODS
+from support.models import NATIVE, logits, make_model, tokens
 
 STOCK_LOAD = """
 import sys, torch

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import NATIVE, logits, make_model, tokens
-from test_attention_methods import _yarn_checkpoint, block, extended, reference  # noqa: F401  (block: fixture)
 
 import ctxext
 from ctxext.errors import CtxextError
+
+from support.attention import dense_reference, extend_tiny
+from support.models import NATIVE, logits, make_model, tokens, yarn_checkpoint
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
 def test_reference_scale_matches_the_dense_reference(family, block):
     ids = tokens(150, batch=2)
     params = dict(shifted_offset=21, local_value=5, reference_scale=True)
-    got = logits(extended(family, "string", params), ids)
-    torch.testing.assert_close(got, logits(reference(family, "string", params), ids), atol=2e-4, rtol=1e-4)
-    assert not torch.allclose(got, logits(extended(family, "string", {**params, "reference_scale": False}), ids))
+    got = logits(extend_tiny(family, "string", params), ids)
+    torch.testing.assert_close(got, logits(dense_reference(family, "string", params), ids), atol=2e-4, rtol=1e-4)
+    assert not torch.allclose(got, logits(extend_tiny(family, "string", {**params, "reference_scale": False}), ids))
 
 
 def test_shifted_fraction_sets_s_from_the_target_length(block):
@@ -25,7 +26,7 @@ def test_shifted_fraction_sets_s_from_the_target_length(block):
     factor = 3  # target length 192: S = round(0.25 * 192) = 48
     by_fraction = ctxext.extend(make_model("llama"), "string", factor=factor, shifted_fraction=0.25, local_value=5)
     assert by_fraction._ctxext_state.shift == 48
-    want = logits(reference("llama", "string", dict(shifted_offset=48, local_value=5)), ids)
+    want = logits(dense_reference("llama", "string", dict(shifted_offset=48, local_value=5)), ids)
     torch.testing.assert_close(logits(by_fraction, ids), want, atol=2e-4, rtol=1e-4)
 
 
@@ -54,7 +55,7 @@ def test_bad_string_options_are_refused(params, message):
 
 
 def test_reference_scale_never_stacks_on_the_rope_attention_factor():
-    model = _yarn_checkpoint()
+    model = yarn_checkpoint()
     with pytest.raises(CtxextError, match="STRING's reference_scale would stack"):
         ctxext.extend(model, "string", factor=2, reference_scale=True)
     assert not ctxext.is_extended(model) and model.config._attn_implementation == "sdpa"

@@ -1,10 +1,10 @@
-"""The package's layout rules: an acyclic import graph, one-line docstrings on every module."""
+"""The layout rules: the package's import graph is acyclic and goes down the layers, every module (of the
+package and of tests/support/) has a docstring, and no test module imports another test module or conftest."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
-
 
 import ctxext
 
@@ -130,7 +130,8 @@ def test_help_needs_neither_torch_nor_transformers():
 
 
 def test_every_module_says_what_it_is_for():
-    missing = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if not ast.get_docstring(ast.parse(p.read_text()))]
+    missing = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+               if not ast.get_docstring(ast.parse(p.read_text()))]
     assert not missing, f"modules without a docstring: {missing}"
 
 
@@ -140,3 +141,65 @@ def test_the_lm_eval_task_functions_import_ctxext_absolutely():
     relative = [f"{p.name}:{node.lineno}" for p in folder.glob("*.py") for node in ast.walk(ast.parse(p.read_text()))
                 if isinstance(node, ast.ImportFrom) and node.level]
     assert relative == []
+
+
+# -- the tests: shared helpers live in tests/support/, fixtures in conftest.py ----------------------
+
+TESTS = Path(__file__).resolve().parent
+SUPPORT = TESTS / "support"
+
+
+def _is_test_module(name: str) -> bool:
+    """``conftest`` or a test module (``test_*``, at any depth of a dotted name's first part)."""
+    top = name.split(".")[0]
+    return top == "conftest" or top.startswith("test_")
+
+
+def imports_of_test_modules(sources: dict[str, str]) -> list[str]:
+    """``file: module`` for every import of a test module or of conftest (at module level or inside a function)
+    in the given sources (file name -> Python source). Tests take what they share from ``support``."""
+    found = []
+    for file, source in sorted(sources.items()):
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+            else:
+                continue
+            found += [f"{file}: {name}" for name in names if _is_test_module(name)]
+    return found
+
+
+def _test_sources() -> dict[str, str]:
+    return {str(p.relative_to(TESTS)): p.read_text() for p in sorted(TESTS.rglob("*.py"))}
+
+
+def test_no_test_module_imports_another_test_module_or_conftest():
+    sources = _test_sources()
+    assert "support/method_cases.py" in sources and "test_guard_eval.py" in sources
+    assert imports_of_test_modules(sources) == []
+
+
+def test_the_test_import_check_sees_a_planted_violation():
+    planted = {
+        "test_a.py": "from conftest import NATIVE\nimport ctxext\n",
+        "test_b.py": "def helper():\n    from test_serving import EXPECTED\n    return EXPECTED\n",
+        "support/c.py": "import test_cli, json\n",
+        "test_d.py": "from support.models import NATIVE\nfrom support import cli_harness\nimport pytest\n",
+    }
+    assert imports_of_test_modules(planted) == ["support/c.py: test_cli", "test_a.py: conftest",
+                                            "test_b.py: test_serving"]
+
+
+def test_the_tests_directory_holds_only_test_modules_and_conftest():
+    """A helper module beside the tests would be imported by them: helpers go to tests/support/."""
+    others = sorted(p.name for p in TESTS.glob("*.py") if p.name != "conftest.py" and not p.name.startswith("test_"))
+    assert others == [], f"move these into tests/support/: {others}"
+
+
+def test_every_support_module_says_what_it_is_for():
+    modules = sorted(SUPPORT.glob("*.py"))
+    assert {"__init__.py", "models.py", "method_cases.py", "cli_harness.py"} <= {p.name for p in modules}
+    missing = [p.name for p in modules if not ast.get_docstring(ast.parse(p.read_text()))]
+    assert not missing, f"support modules without a docstring: {missing}"

@@ -7,19 +7,21 @@ import shutil
 
 import pytest
 import torch
-from conftest import assert_refused_before_loading, make_model
 from transformers import AutoModelForCausalLM
 
 import ctxext
-from ctxext.eval.backend import TransformersBackend
 from ctxext import auto
 from ctxext.auto import RULE_LOADED
 from ctxext.cli import main
 from ctxext.core.record import ExtensionRecord
 from ctxext.errors import CtxextError
 from ctxext.eval import tune as tune_module
+from ctxext.eval.backend import TransformersBackend
 from ctxext.eval.runner import EvalConfig, check_config
 from ctxext.eval.tune import Row, rank, seeded_order, tune
+
+from support.cli_harness import assert_refused_before_loading
+from support.models import make_model, yarn_checkpoint
 
 SMALL = dict(methods=["yarn", "ntk"], short_length=300, tasks=["passkey"], depths=[0.5])  # passkey fits 300 bytes
 
@@ -164,15 +166,13 @@ def test_patch_auto_uses_a_cached_winner_and_old_records_still_load(tiny_dir, tm
 ])
 def test_bad_input_is_one_line_before_the_model_loads(tiny_eval_dir, tmp_path, capsys, monkeypatch, extra, message):
     out = tmp_path / "tune"
-    assert_refused_before_loading(monkeypatch, capsys, tune_module, ["tune", str(tiny_eval_dir), "--out", str(out), *extra],
-                                  out, message)
+    assert_refused_before_loading(monkeypatch, capsys, tune_module,
+                                  ["tune", str(tiny_eval_dir), "--out", str(out), *extra], out, message)
 
 
 def test_auto_on_a_checkpoint_with_its_own_attention_factor_leaves_log_scaling_off(monkeypatch, tmp_path):
-    from test_attention_methods import _yarn_checkpoint
-
     monkeypatch.setenv("CTXEXT_CACHE", str(tmp_path))
-    model = ctxext.extend(_yarn_checkpoint(), "auto", factor=2)
+    model = ctxext.extend(yarn_checkpoint(), "auto", factor=2)
     record = model.config.ctxext
     assert record["method"] == "rerope" and record["params"]["log_scaling"] is False
     assert "stack" in record["auto"]["reason"]

@@ -18,7 +18,8 @@ for path in sys.argv[1:]:
     try:
         config = ModelConfig(model=path, skip_tokenizer_init=True)
     except Exception as error:  # the test compares "does not load" with ctxext's prediction
-        print(json.dumps({"path": path, "loads": False, "stage": "config", "error": f"{type(error).__name__}: {error}"[:400]}))
+        message = f"{type(error).__name__}: {error}"[:400]
+        print(json.dumps({"path": path, "loads": False, "stage": "config", "error": message}))
         continue
     hf = config.hf_config
     rope = _flat(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None))

@@ -4,7 +4,7 @@ Every method in ``ctxext.list_methods()`` has exactly one :class:`MethodCase` in
 :data:`CASES` (``test_method_table.py`` checks this both ways, and that each ``kind`` matches
 the registry). Test files take their method lists and parameters from here (filtered by kind
 or by a named variant) instead of keeping lists of their own. The values suit the tiny models
-of ``conftest.py`` (native length 64).
+of ``support/models.py`` (native length 64).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from conftest import NATIVE
+from support.models import NATIVE
 
 
 @dataclass(frozen=True)

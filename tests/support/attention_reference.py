@@ -28,7 +28,7 @@ from ctxext.methods.gali import standard_normal
 NAME = "ctxext_test_dense_reference"
 
 
-def _turn(x, angle):
+def turn(x, angle):
     """Rotate x (..., d) by angle (..., d/2-or-less) on its first 2*angle.shape[-1] dims (rotate-half RoPE)."""
     rotary = angle.shape[-1] * 2
     cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
@@ -104,8 +104,8 @@ class DenseReference:
         positions = kwargs["position_ids"].expand(b, n)
         # rotate back to position 0 (the model applied cos/sin times its attention factor)
         back = -positions[:, None, :, None].float() * self.inv_freq
-        q0 = _turn(query, back) / self.attention_scaling
-        k0 = _turn(key, back) / self.attention_scaling
+        q0 = turn(query, back) / self.attention_scaling
+        k0 = turn(key, back) / self.attention_scaling
         if attention_mask is None:
             allowed = torch.ones(n, n, dtype=torch.bool).tril().expand(b, 1, n, n)
         else:
@@ -118,7 +118,6 @@ class DenseReference:
             if self.method == "ms-poe":
                 dist, extra = self._ms_poe(module, q0[row], k0[row], p, allowed[row, 0], scaling)
             elif self.method == "block-retrieval":
-                from test_block_retrieval import retrieval_distances
 
                 assert bool(real.all()), "the block-retrieval reference takes rows without padding"
                 dist, extra = retrieval_distances(q0[row], k0[row], self.params, self.params["num_kv_heads"])
@@ -153,7 +152,7 @@ class DenseReference:
     def _scores(self, q0, k0, dist, scale):
         """Logits (hq, n, n) of one row's q0, k0 (at position 0), query i turned by dist[h, i, j] against key j."""
         hq, n, d = q0.shape
-        rotated = _turn(q0[:, :, None, :].expand(hq, n, n, d), dist[..., None] * self.inv_freq)
+        rotated = turn(q0[:, :, None, :].expand(hq, n, n, d), dist[..., None] * self.inv_freq)
         return (rotated * k0[:, None, :, :]).sum(-1) * scale
 
     def _gali_noise(self, module, p, dist, heads):
@@ -168,7 +167,7 @@ class DenseReference:
     def _lm_infinite_top_k(self, q0, k0, p, allowed, logits, visible, scale):
         """Each head's top_k middle keys (j >= n_global, i - j >= window) join the softmax, scored at top_k_distance."""
         distance = self.params.get("top_k_distance", self.length // 2)
-        at_distance = _turn(q0, distance * self.inv_freq)
+        at_distance = turn(q0, distance * self.inv_freq)
         scores = (at_distance @ k0.transpose(-1, -2)) * scale  # (hq, n, n): key j at 0, query at `distance`
         i, j = p[:, None], p[None, :]
         middle = allowed & (j >= self.params["n_global"]) & (i - j >= self.params["window"])
@@ -191,7 +190,7 @@ class DenseReference:
             logits = (q0[:, last, None, :] * k0).sum(-1) * scaling
         else:
             angles = (p[last] - p)[:, None].float() * self.inv_freq
-            keys = _turn(k0, -angles)  # keys seen from the last query with true positions
+            keys = turn(k0, -angles)  # keys seen from the last query with true positions
             logits = (q0[:, last, None, :] * keys).sum(-1) * scaling * self.attention_scaling**2
         logits = logits.masked_fill(~allowed[last], float("-inf"))
         weights = logits.softmax(-1)
@@ -217,3 +216,35 @@ def install(model, method: str, params: dict) -> None:
     AttentionInterface.register(NAME, reference)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     model.set_attn_implementation(NAME)
+
+
+def retrieval_distances(q0, k0, params: dict, kv_heads: int):
+    """(distance, visible), each (hq, n, n), of one row of n tokens from its un-rotated queries and keys
+    q0, k0 (hq, n, d; the keys repeated per query head), in fp64 query by query; distances as fp32."""
+    hq, n, _ = q0.shape
+    group = hq // kv_heads
+    sinks, window, size, top_k = (params[name] for name in ("n_sink", "window", "block_size", "top_k"))
+    q, k = q0.double(), k0.double()
+    distance = torch.zeros(hq, n, n, dtype=torch.float64)
+    visible = torch.zeros(hq, n, n, dtype=torch.bool)
+    for i in range(n):
+        seen = max(0, (i + 1 - window - sinks) // size)
+        local = sinks + seen * size
+        for h in range(kv_heads):
+            heads = slice(h * group, (h + 1) * group)
+            chosen = []
+            if seen:
+                means = torch.stack([k[h * group, sinks + b * size : sinks + (b + 1) * size].mean(0)
+                                     for b in range(seen)])
+                chosen = sorted((q[heads, i].sum(0) @ means.T).topk(min(top_k, seen)).indices.tolist())
+            for j in range(min(sinks, i + 1)):
+                distance[heads, i, j] = (i - local) + len(chosen) * size + sinks - j
+                visible[heads, i, j] = True
+            for j in range(local, i + 1):
+                distance[heads, i, j] = i - j
+                visible[heads, i, j] = True
+            for rank, b in enumerate(chosen):
+                for u in range(size):
+                    distance[heads, i, sinks + b * size + u] = (i - local) + (len(chosen) - rank) * size - u
+                    visible[heads, i, sinks + b * size + u] = True
+    return distance.float(), visible
