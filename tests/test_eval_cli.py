@@ -12,8 +12,24 @@ from ctxext.cli import main
 from ctxext.eval.backend import TransformersBackend
 from ctxext.eval.store import RECORDS
 
-ARGS = ["--methods", "yarn,ntk", "--factor", "2", "--tasks", "passkey,vt,ppl", "--lengths", "1k,1.5k",
-        "--samples", "2", "--depths", "0,1", "--ppl-windows", "2", "--ppl-bucket", "512"]
+ARGS = [
+    "--methods",
+    "yarn,ntk",
+    "--factor",
+    "2",
+    "--tasks",
+    "passkey,vt,ppl",
+    "--lengths",
+    "1k,1.5k",
+    "--samples",
+    "2",
+    "--depths",
+    "0,1",
+    "--ppl-windows",
+    "2",
+    "--ppl-bucket",
+    "512",
+]
 UNITS = 3 * (2 * 2 * 2 + 2 * 2)  # methods x (generation tasks x lengths x samples + ppl lengths x windows)
 
 
@@ -43,9 +59,19 @@ def _without_timing(lines):
 
 def test_report_files(report_dir):
     text = (report_dir / "report.md").read_text()
-    for expected in ("| model |", "native / extended length | 64 / 128 tokens", "| seed | 0 |", "transformers",
-                     "## Passkey retrieval", "### vt", "## Perplexity", "delta (yarn)", "after (ntk)",
-                     "Effective length", "![heatmap_passkey](heatmap_passkey.png)"):
+    for expected in (
+        "| model |",
+        "native / extended length | 64 / 128 tokens",
+        "| seed | 0 |",
+        "transformers",
+        "## Passkey retrieval",
+        "### vt",
+        "## Perplexity",
+        "delta (yarn)",
+        "after (ntk)",
+        "Effective length",
+        "![heatmap_passkey](heatmap_passkey.png)",
+    ):
         assert expected in text, expected
     data = json.loads((report_dir / "report.json").read_text())
     assert len(data["records"]) == UNITS
@@ -55,8 +81,9 @@ def test_report_files(report_dir):
         assert {"n_tokens", "depth", "expected", "generated", "correct"} <= set(r)
         assert r["n_tokens"] + 10 <= r["length"] and r["depth"] in (0.0, 1.0)
     # the methods saw the same prompts
-    by_method = {m: [(r["length"], r["sample"], r["expected"]) for r in passkey if r["method"] == m]
-                 for m in ("yarn", "ntk")}
+    by_method = {
+        m: [(r["length"], r["sample"], r["expected"]) for r in passkey if r["method"] == m] for m in ("yarn", "ntk")
+    }
     assert by_method["yarn"] == by_method["ntk"]
     ppl = data["summary"]["ppl"]
     assert set(ppl) == {"unpatched", "yarn", "ntk"} and all(v["ppl"] > 1 for m in ppl.values() for v in m.values())
@@ -74,8 +101,9 @@ def test_rerun_redoes_nothing_and_an_interrupted_run_resumes(report_dir, tiny_ev
     (report_dir / RECORDS).write_text("\n".join(before[:7]) + "\n" + before[7][:20])
     calls = []
     real = TransformersBackend.generate
-    monkeypatch.setattr(TransformersBackend, "generate", lambda self, sample: calls.append(sample.task)
-                        or real(self, sample))
+    monkeypatch.setattr(
+        TransformersBackend, "generate", lambda self, sample: calls.append(sample.task) or real(self, sample)
+    )
     assert main(["eval", str(tiny_eval_dir), *ARGS, "--out", str(report_dir)]) == 0
     after = _lines(report_dir)
     assert after[:7] == before[:7] and len(after) == UNITS
@@ -88,14 +116,17 @@ def test_other_settings_in_the_same_out_dir_are_refused(report_dir, tiny_eval_di
     assert "other settings (seed)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--tasks", "passkey,qa_1"], "unknown task 'qa_1'"),
-    (["--lengths", "4q"], "bad length '4q'"),
-    (["--method", "nope", "--factor", "2"], "unknown method 'nope'"),
-    (["--method", "yarn"], "give --factor or --target-length"),
-    (["--tasks", "ppl", "--text-file", "/nonexistent/book.txt"], "no such text file"),
-    (["--depths", "0,2"], "--depths must lie in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--tasks", "passkey,qa_1"], "unknown task 'qa_1'"),
+        (["--lengths", "4q"], "bad length '4q'"),
+        (["--method", "nope", "--factor", "2"], "unknown method 'nope'"),
+        (["--method", "yarn"], "give --factor or --target-length"),
+        (["--tasks", "ppl", "--text-file", "/nonexistent/book.txt"], "no such text file"),
+        (["--depths", "0,2"], "--depths must lie in [0, 1]"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tiny_eval_dir, tmp_path, capsys, extra, message):
     assert main(["eval", str(tiny_eval_dir), "--out", str(tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err

@@ -71,8 +71,9 @@ def test_passkey_sits_at_the_requested_depth(tokenizer, depth):
 @pytest.mark.parametrize("depth", [0.0, 0.3, 1.0])
 def test_single_needle_sits_at_the_requested_depth(tokenizer, task, depth):
     sample = ruler.make_sample(task, tokenizer, 4096, 0, 0, [depth])
-    needle = next(line for line in re.findall(r"One of the special magic [^.]*\.", sample.prompt)
-                  if sample.references[0] in line)
+    needle = next(
+        line for line in re.findall(r"One of the special magic [^.]*\.", sample.prompt) if sample.references[0] in line
+    )
     context_start = sample.prompt.index("afterwards.\n") + len("afterwards.\n")
     context_end = sample.prompt.rindex("\nWhat is the special magic")
     position = (sample.prompt.index(needle) - context_start) / (context_end - context_start - len(needle))
@@ -135,8 +136,15 @@ def test_every_prompt_is_its_question_then_its_answer_prefix(tokenizer, task):
     assert sample.answer_prefix and sample.answer_prefix == sample.answer_prefix.strip()
 
 
-@pytest.mark.parametrize("task,digest", [("passkey", "ded0c5ae169dd48a"), ("niah_multikey_3", "7c8c0cdc6f5a89dd"),
-                                         ("vt", "d6aad34fa643d3d3"), ("fwe", "fe1e9bb122295faa")])
+@pytest.mark.parametrize(
+    "task,digest",
+    [
+        ("passkey", "ded0c5ae169dd48a"),
+        ("niah_multikey_3", "7c8c0cdc6f5a89dd"),
+        ("vt", "d6aad34fa643d3d3"),
+        ("fwe", "fe1e9bb122295faa"),
+    ],
+)
 def test_prompts_are_those_published_results_were_measured_on(tokenizer, task, digest):
     # the tasks whose text depends on neither wonderwords' lists nor this Python's pydoc topics
     sample = make_sample(task, tokenizer, 2048, 1, 0, (0.0, 0.25, 0.5, 0.75, 1.0))

@@ -38,8 +38,11 @@ def no_network(monkeypatch):
 def _manager(eval_dir, lengths: list[int], samples: int):
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(include_path()), include_defaults=False,
-                       metadata={"tokenizer": str(eval_dir), "max_seq_lengths": lengths, "num_samples": samples})
+    return TaskManager(
+        include_path=str(include_path()),
+        include_defaults=False,
+        metadata={"tokenizer": str(eval_dir), "max_seq_lengths": lengths, "num_samples": samples},
+    )
 
 
 def test_tasks_load_from_the_include_path_offline(no_network, tiny_eval_dir):
@@ -48,8 +51,12 @@ def test_tasks_load_from_the_include_path_offline(no_network, tiny_eval_dir):
     tasks = manager.load(["ctxext_passkey", "ctxext_vt"])["tasks"]
     docs = list(tasks["ctxext_passkey"].test_docs())
     assert [d["length"] for d in docs] == [1024, 1024, 2048, 2048]
-    assert all(d["outputs"][0] in d["input"] and d["input"].endswith("\nWhat is the pass key?")
-               and d["gen_prefix"] == "The pass key is" for d in docs)
+    assert all(
+        d["outputs"][0] in d["input"]
+        and d["input"].endswith("\nWhat is the pass key?")
+        and d["gen_prefix"] == "The pass key is"
+        for d in docs
+    )
     vt = list(tasks["ctxext_vt"].test_docs())
     assert len(vt) == 4 and all(f"VAR {d['outputs'][0]} = " in d["input"] for d in vt)
     assert tasks["ctxext_vt"].config.generation_kwargs["max_gen_toks"] == 30
@@ -64,8 +71,9 @@ def test_each_length_of_the_metadata_is_a_metric(no_network, tiny_eval_dir):
 
 @pytest.mark.parametrize("lengths", ["4k", [], [0, 4096]])
 def test_bad_max_seq_lengths_is_a_one_line_error(no_network, tiny_eval_dir, lengths):
-    with pytest.raises(ValueError,
-                       match=r"^max_seq_lengths must be positive token lengths, e\.g\. \[4096, 8192\]; got"):
+    with pytest.raises(
+        ValueError, match=r"^max_seq_lengths must be positive token lengths, e\.g\. \[4096, 8192\]; got"
+    ):
         _manager(tiny_eval_dir, lengths, 1).load(["ctxext_passkey"])
 
 
@@ -83,7 +91,7 @@ def test_a_length_metric_averages_only_the_docs_of_that_length(no_network, tiny_
 def test_the_group_averages_each_power_of_two_length_and_the_score(no_network, tiny_eval_dir):
     group = _manager(tiny_eval_dir, [2048], 1).load(["ctxext_ruler"])["groups"]["ctxext_ruler"]
     names = [metric.metric for metric in group.aggregate_metric_list]
-    assert names == [str(2 ** k) for k in range(9, 21)] + ["score"]
+    assert names == [str(2**k) for k in range(9, 21)] + ["score"]
     assert not any(metric.weight_by_size for metric in group.aggregate_metric_list)
 
 
@@ -99,17 +107,44 @@ def test_the_answer_prefix_is_gen_prefix_and_the_joined_prompt_is_the_runners(no
         prefix = task.doc_to_prefix(doc)
         assert prefix == sample.answer_prefix and doc["input"] == sample.question
         assert task.fewshot_context(doc, 0, gen_prefix=prefix) == sample.prompt
-        turns = task.fewshot_context(doc, 0, apply_chat_template=True, gen_prefix=prefix,
-                                     chat_template=lambda messages, add_generation_prompt: messages)
+        turns = task.fewshot_context(
+            doc,
+            0,
+            apply_chat_template=True,
+            gen_prefix=prefix,
+            chat_template=lambda messages, add_generation_prompt: messages,
+        )
         assert turns == [{"role": "user", "content": sample.question}, {"role": "assistant", "content": prefix}]
 
 
 def test_ctxext_eval_runs_lm_eval_tasks_on_the_extended_model(no_network, tiny_eval_dir, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "report"
-    assert main(["eval", str(tiny_eval_dir), "--method", "yarn", "--factor", "2", "--tasks", "passkey",
-                 "--lengths", "512", "--samples", "1", "--lm-eval-tasks", "ctxext_passkey", "--lm-eval-limit", "1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tiny_eval_dir),
+                "--method",
+                "yarn",
+                "--factor",
+                "2",
+                "--tasks",
+                "passkey",
+                "--lengths",
+                "512",
+                "--samples",
+                "1",
+                "--lm-eval-tasks",
+                "ctxext_passkey",
+                "--lm-eval-limit",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "report.json").read_text())
     assert set(data["lm_eval"]) == {"unpatched", "yarn"}
     passkey = data["lm_eval"]["yarn"]["ctxext_passkey"]
@@ -122,20 +157,43 @@ def test_ctxext_eval_runs_lm_eval_tasks_on_the_extended_model(no_network, tiny_e
 def test_the_report_lists_a_tasks_lengths_in_order_then_its_score():
     from ctxext.eval.report import _lm_eval_section
 
-    lines = _lm_eval_section({"unpatched": {"ctxext_passkey": {"score": 50.0, "16384": 0.0, "4096": 100.0}}},
-                             ["unpatched"])
+    lines = _lm_eval_section(
+        {"unpatched": {"ctxext_passkey": {"score": 50.0, "16384": 0.0, "4096": 100.0}}}, ["unpatched"]
+    )
     assert [line.split("|")[1].strip() for line in lines[5:]] == [
-        "ctxext_passkey 4096", "ctxext_passkey 16384", "ctxext_passkey score"]
+        "ctxext_passkey 4096",
+        "ctxext_passkey 16384",
+        "ctxext_passkey score",
+    ]
 
 
 def test_lm_eval_command_line_reports_each_length(tiny_eval_dir, tmp_path):
     env = {**os.environ, **OFFLINE}
     result = subprocess.run(
-        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_eval_dir}",
-         "--device", "cpu", "--include_path", str(include_path()), "--tasks", "ctxext_passkey",
-         "--metadata", json.dumps({"max_seq_lengths": [512, 1024], "num_samples": 1}),
-         "--output_path", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "lm_eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={tiny_eval_dir}",
+            "--device",
+            "cpu",
+            "--include_path",
+            str(include_path()),
+            "--tasks",
+            "ctxext_passkey",
+            "--metadata",
+            json.dumps({"max_seq_lengths": [512, 1024], "num_samples": 1}),
+            "--output_path",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.replace(" ", "").split("|") for line in result.stdout.splitlines()]
     assert {row[5] for row in rows if len(row) > 5} >= {"512", "1024", "score"}
@@ -147,8 +205,23 @@ def test_lm_eval_command_line_reports_each_length(tiny_eval_dir, tmp_path):
 
 def test_missing_lm_eval_is_a_clear_error(monkeypatch, tiny_eval_dir, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
-    assert main(["eval", str(tiny_eval_dir), "--lengths", "512", "--samples", "1", "--lm-eval-tasks", "ctxext_passkey",
-                 "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                str(tiny_eval_dir),
+                "--lengths",
+                "512",
+                "--samples",
+                "1",
+                "--lm-eval-tasks",
+                "ctxext_passkey",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "needs lm-eval: pip install 'ctxext[eval]'" in capsys.readouterr().err
 
 

@@ -75,18 +75,23 @@ def test_sliding_perplexity_scores_each_token_once_and_is_the_report_number():
     records = [vars(perplexity.score_window(model, ids, k, 40, 20, 16)) for k in range(count)]
     assert value == _ppl(records)["ppl"]
     assert perplexity.perplexity(model, ids[None], 40, stride=20, max_windows=2) == _ppl(records[:2])["ppl"]
-    assert perplexity.perplexity(model, ids, 40) == _ppl([vars(perplexity.score_window(model, ids, k, 40, 40, 40))
-                                                          for k in range(3)])["ppl"]
+    assert (
+        perplexity.perplexity(model, ids, 40)
+        == _ppl([vars(perplexity.score_window(model, ids, k, 40, 40, 40)) for k in range(3)])["ppl"]
+    )
 
 
-@pytest.mark.parametrize("ids,kwargs,message", [
-    (torch.arange(3, 53), {"length": 50}, "a perplexity window of 50 tokens reads 51 token ids .*got 50"),
-    (torch.arange(3, 53), {"length": 0}, "length must be a positive integer, got 0"),
-    (torch.arange(3, 53), {"length": 8, "stride": 0}, "stride must be a positive integer, got 0"),
-    (torch.arange(3, 53), {"length": 8, "max_windows": 0}, "max_windows must be a positive integer, got 0"),
-    (torch.arange(3, 53).reshape(2, 25), {"length": 8}, "1-D sequence of token ids"),
-    (torch.rand(50), {"length": 8}, "1-D sequence of token ids"),
-])
+@pytest.mark.parametrize(
+    "ids,kwargs,message",
+    [
+        (torch.arange(3, 53), {"length": 50}, "a perplexity window of 50 tokens reads 51 token ids .*got 50"),
+        (torch.arange(3, 53), {"length": 0}, "length must be a positive integer, got 0"),
+        (torch.arange(3, 53), {"length": 8, "stride": 0}, "stride must be a positive integer, got 0"),
+        (torch.arange(3, 53), {"length": 8, "max_windows": 0}, "max_windows must be a positive integer, got 0"),
+        (torch.arange(3, 53).reshape(2, 25), {"length": 8}, "1-D sequence of token ids"),
+        (torch.rand(50), {"length": 8}, "1-D sequence of token ids"),
+    ],
+)
 def test_perplexity_errors(ids, kwargs, message):
     with pytest.raises(CtxextError, match=message):
         perplexity.perplexity(make_model("llama"), ids, **kwargs)

@@ -9,17 +9,20 @@ from ctxext.eval.lengths import parse_length, parse_lengths
 from ctxext.eval.scoring import first_integer, score, string_match_all, string_match_part
 
 
-@pytest.mark.parametrize("generated,expected", [
-    (" 48213. Remember it.", 100.0),
-    ("48213", 100.0),
-    (" The pass key is 48213.", 100.0),
-    (" 4821", 0.0),          # a digit short
-    (" 48214", 0.0),         # one digit off
-    (" 482131", 0.0),        # a digit too many
-    (" 12345 48213", 0.0),   # only the first integer counts
-    (" forty-eight", 0.0),
-    ("", 0.0),
-])
+@pytest.mark.parametrize(
+    "generated,expected",
+    [
+        (" 48213. Remember it.", 100.0),
+        ("48213", 100.0),
+        (" The pass key is 48213.", 100.0),
+        (" 4821", 0.0),  # a digit short
+        (" 48214", 0.0),  # one digit off
+        (" 482131", 0.0),  # a digit too many
+        (" 12345 48213", 0.0),  # only the first integer counts
+        (" forty-eight", 0.0),
+        ("", 0.0),
+    ],
+)
 def test_passkey_first_integer(generated, expected):
     assert score("first_integer", generated, ["48213"]) == expected
 
@@ -63,16 +66,23 @@ def test_length_lists_are_sorted_and_deduplicated():
     assert parse_lengths("16k,4k,4096,8k") == [4096, 8192, 16384]
 
 
-@pytest.mark.parametrize("generated,references,score,kind", [
-    (" 6706187.", ["6706187"], 100.0, "hit"),
-    ("   ", ["6706187"], 0.0, "empty"),
-    (" 123 and 456", ["123", "789"], 50.0, "partial"),
-    (" What is the special magic number for apple mentioned in the provided text?", ["6706187"], 0.0,
-     "repeats the question"),
-    (" the cat sat on the mat the cat sat on the mat the cat sat on the mat", ["6706187"], 0.0, "loop"),
-    (" 6706188.", ["6706187"], 0.0, "wrong value"),
-    (" I do not know where that is.", ["6706187"], 0.0, "other text"),
-])
+@pytest.mark.parametrize(
+    "generated,references,score,kind",
+    [
+        (" 6706187.", ["6706187"], 100.0, "hit"),
+        ("   ", ["6706187"], 0.0, "empty"),
+        (" 123 and 456", ["123", "789"], 50.0, "partial"),
+        (
+            " What is the special magic number for apple mentioned in the provided text?",
+            ["6706187"],
+            0.0,
+            "repeats the question",
+        ),
+        (" the cat sat on the mat the cat sat on the mat the cat sat on the mat", ["6706187"], 0.0, "loop"),
+        (" 6706188.", ["6706187"], 0.0, "wrong value"),
+        (" I do not know where that is.", ["6706187"], 0.0, "other text"),
+    ],
+)
 def test_a_miss_is_sorted_by_its_answer(generated, references, score, kind):
     from ctxext.eval.misses import classify
 
@@ -82,8 +92,10 @@ def test_a_miss_is_sorted_by_its_answer(generated, references, score, kind):
 def test_miss_counts_count_only_the_misses():
     from ctxext.eval.misses import miss_counts
 
-    records = [{"generated": " 1", "expected": ["1"], "score": 100.0},
-               {"generated": " 22222", "expected": ["12345"], "score": 0.0},
-               {"generated": "", "expected": ["12345"], "score": 0.0},
-               {"generated": " 54321", "expected": ["12345"], "score": 0.0}]
+    records = [
+        {"generated": " 1", "expected": ["1"], "score": 100.0},
+        {"generated": " 22222", "expected": ["12345"], "score": 0.0},
+        {"generated": "", "expected": ["12345"], "score": 0.0},
+        {"generated": " 54321", "expected": ["12345"], "score": 0.0},
+    ]
     assert miss_counts(records) == {"wrong value": 2, "empty": 1}

@@ -145,6 +145,7 @@ def test_bf16_model_runs_extended():
 
 # ---- bad input ---------------------------------------------------------------------------
 
+
 def test_non_rope_model_is_refused():
     model = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(CtxextError, match="'gpt2' has no rotary"):
@@ -164,15 +165,18 @@ def test_bad_factor(factor):
     assert not ctxext.is_extended(model)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"target_length": NATIVE}, "above the original length"),
-    ({"target_length": NATIVE // 2}, "above the original length"),
-    ({"factor": 2, "target_length": 4 * NATIVE}, "exactly one"),
-    ({}, "exactly one"),
-    ({"factor": 2, "beta_fast": 0.5}, "beta_slow < beta_fast"),
-    ({"factor": 2, "bogus": 1}, r"no parameter bogus \(valid: attention_factor, beta_fast, beta_slow\)"),
-    ({"factor": 2, "original_length": 0}, "original length"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"target_length": NATIVE}, "above the original length"),
+        ({"target_length": NATIVE // 2}, "above the original length"),
+        ({"factor": 2, "target_length": 4 * NATIVE}, "exactly one"),
+        ({}, "exactly one"),
+        ({"factor": 2, "beta_fast": 0.5}, "beta_slow < beta_fast"),
+        ({"factor": 2, "bogus": 1}, r"no parameter bogus \(valid: attention_factor, beta_fast, beta_slow\)"),
+        ({"factor": 2, "original_length": 0}, "original length"),
+    ],
+)
 def test_bad_lengths_and_parameters(kwargs, match):
     with pytest.raises(CtxextError, match=match):
         ctxext.extend(make_model(), "yarn", **kwargs)
@@ -200,8 +204,9 @@ def test_double_patch_is_refused_unless_replaced():
 def test_native_rope_scaling_is_not_dropped_silently():
     model = make_model()
     ctxext.extend(model, "llama3", factor=2)
-    native = AutoModelForCausalLM.from_config(model.config.__class__(**{
-        **{k: v for k, v in model.config.to_dict().items() if k != "ctxext"}}))
+    native = AutoModelForCausalLM.from_config(
+        model.config.__class__(**{**{k: v for k, v in model.config.to_dict().items() if k != "ctxext"}})
+    )
     with pytest.raises(CtxextError, match="already uses 'llama3' rope scaling"):
         ctxext.extend(native, "yarn", factor=2)
     ctxext.extend(native, "yarn", factor=2, replace=True)

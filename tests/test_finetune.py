@@ -37,8 +37,11 @@ def test_training_lowers_the_loss_and_the_held_out_perplexity(tmp_path):
     assert result.perplexity_after < 0.8 * result.perplexity_before
     meta = json.loads((tmp_path / "out" / "ctxext.json").read_text())
     assert meta["extension"]["method"] == "yarn" and meta["extension"]["target_length"] == 256
-    assert meta["eval"] == {"length": 128, "perplexity_before": result.perplexity_before,
-                            "perplexity_after": result.perplexity_after}
+    assert meta["eval"] == {
+        "length": 128,
+        "perplexity_before": result.perplexity_before,
+        "perplexity_after": result.perplexity_after,
+    }
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
 
 
@@ -46,12 +49,17 @@ def test_the_reported_perplexity_is_the_evaluation_perplexity(tmp_path):
     """finetune's held-out perplexity at L is ``ctxext eval``'s for the same model, ids (the last L tokens and the
     one before them), window L and stride: its per-window records as the report sums them."""
     length = FAST["eval_length"]
-    held_out = STREAM[-(length + 1):]
+    held_out = STREAM[-(length + 1) :]
     result = run(tmp_path / "out", steps=2)
-    records = [vars(score_window(result.model, held_out, k, length, length, length))
-               for k in range(window_count(len(held_out), length, length))]
-    assert result.perplexity_after == _ppl(records)["ppl"] == eval_perplexity(result.model, held_out, length,
-                                                                               stride=length)
+    records = [
+        vars(score_window(result.model, held_out, k, length, length, length))
+        for k in range(window_count(len(held_out), length, length))
+    ]
+    assert (
+        result.perplexity_after
+        == _ppl(records)["ppl"]
+        == eval_perplexity(result.model, held_out, length, stride=length)
+    )
     # before training the model is the extended base model (the LoRA update starts at zero)
     extended = ctxext.extend(make_model("llama"), "yarn", factor=FAST["factor"])
     assert result.perplexity_before == pytest.approx(eval_perplexity(extended, held_out, length), rel=1e-6)
@@ -111,14 +119,17 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     assert resumed.perplexity_before == straight.perplexity_before
     a, b = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-00000002",
-                                                                                        "step-00000004"]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [
+        "step-00000002",
+        "step-00000004",
+    ]
 
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path):
     run(tmp_path / "out", steps=2, save_every=2)
-    with pytest.raises(ctxext.CtxextError,
-                       match=r"cannot resume from .*step-00000002: it was made with other settings"):
+    with pytest.raises(
+        ctxext.CtxextError, match=r"cannot resume from .*step-00000002: it was made with other settings"
+    ):
         run(tmp_path / "out", steps=4, resume=True, lr=1e-3)
     with pytest.raises(ctxext.CtxextError, match="the last checkpoint is at step 2"):
         run(tmp_path / "out", steps=2, resume=True)
@@ -137,9 +148,34 @@ def test_cli_finetune_end_to_end(tiny_with_tokenizer, tmp_path, capsys):
     data = tmp_path / "corpus.txt"
     data.write_text(" ".join(WORDS * 40))
     out = tmp_path / "out"
-    assert main(["finetune", str(tiny_with_tokenizer), "--method", "yarn", "--factor", "4", "--recipe", "pose-lora",
-                 "--data", str(data), "--out", str(out), "--steps", "3", "--seq-len", "32", "--eval-length", "64",
-                 "--save-every", "2", "--merge"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                str(tiny_with_tokenizer),
+                "--method",
+                "yarn",
+                "--factor",
+                "4",
+                "--recipe",
+                "pose-lora",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--steps",
+                "3",
+                "--seq-len",
+                "32",
+                "--eval-length",
+                "64",
+                "--save-every",
+                "2",
+                "--merge",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"adapter saved to {out}" in printed and "perplexity at 64 tokens:" in printed
     assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
@@ -149,21 +185,34 @@ def test_cli_finetune_end_to_end(tiny_with_tokenizer, tmp_path, capsys):
     assert load_finetuned(out).peft_config["default"].r == 8
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--data", "{missing}"], "data {missing}: no such file or directory"),
-    (["--data", "{empty}"], "data {empty}: no text in it"),
-    (["--seq-len", "512"], "seq-len 512 is above the target length 256"),
-    (["--recipe", "pose"], "unknown recipe 'pose' (valid: longlora-lite, pi-lora, pose-lora)"),
-    (["--resume"], "{out}: no checkpoint to resume from (a run writes them when given save_every)"),
-    (["--steps", "0"], "steps must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--data", "{missing}"], "data {missing}: no such file or directory"),
+        (["--data", "{empty}"], "data {empty}: no text in it"),
+        (["--seq-len", "512"], "seq-len 512 is above the target length 256"),
+        (["--recipe", "pose"], "unknown recipe 'pose' (valid: longlora-lite, pi-lora, pose-lora)"),
+        (["--resume"], "{out}: no checkpoint to resume from (a run writes them when given save_every)"),
+        (["--steps", "0"], "steps must be a positive integer, got 0"),
+    ],
+)
 def test_cli_finetune_bad_input_gets_one_line_errors(tiny_with_tokenizer, tmp_path, capsys, args, message):
     paths = {"missing": tmp_path / "missing.txt", "empty": tmp_path / "empty.txt", "out": tmp_path / "out"}
     paths["empty"].write_text("\n")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(WORDS * 40))
-    base = ["finetune", str(tiny_with_tokenizer), "--factor", "4", "--data", str(corpus), "--steps", "2",
-            "--out", str(paths["out"])]
+    base = [
+        "finetune",
+        str(tiny_with_tokenizer),
+        "--factor",
+        "4",
+        "--data",
+        str(corpus),
+        "--steps",
+        "2",
+        "--out",
+        str(paths["out"]),
+    ]
     assert main(base + [a.format(**paths) for a in args]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert errors == [f"ctxext: error: {message.format(**paths)}"]
@@ -173,8 +222,9 @@ def test_cli_finetune_bad_input_gets_one_line_errors(tiny_with_tokenizer, tmp_pa
 def test_other_families_train_and_reload(family, tmp_path):
     method = "longrope" if family == "phi3" else "yarn"
     params = {"long_factor": 2.0} if method == "longrope" else {}
-    result = run(tmp_path / "out", steps=1, model=make_model(family), method=method, method_params=params,
-                 evaluate=False)
+    result = run(
+        tmp_path / "out", steps=1, model=make_model(family), method=method, method_params=params, evaluate=False
+    )
     targets = result.model.peft_config["default"].target_modules
     assert targets and all("attn" in t or "attention" in t for t in targets)
     ids = tokens(150)

@@ -57,10 +57,22 @@ def test_positions_match_hand_worked_construct_new_pi(shape, expected):
     torch.testing.assert_close(gali.positions(*shape), torch.tensor(expected, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("length, original, window", [
-    (4097, 4096, 128), (7096, 4096, 128), (8064, 4096, 128), (8065, 4096, 128), (16384, 4096, 128),
-    (32768, 8192, 128), (65, 64, 8), (120, 64, 8), (121, 64, 8), (300, 64, 8), (1000, 64, 1),
-])
+@pytest.mark.parametrize(
+    "length, original, window",
+    [
+        (4097, 4096, 128),
+        (7096, 4096, 128),
+        (8064, 4096, 128),
+        (8065, 4096, 128),
+        (16384, 4096, 128),
+        (32768, 8192, 128),
+        (65, 64, 8),
+        (120, 64, 8),
+        (121, 64, 8),
+        (300, 64, 8),
+        (1000, 64, 1),
+    ],
+)
 def test_positions_reproduce_the_reference_loop(length, original, window):
     built = gali.positions(length, original, window)
     torch.testing.assert_close(built, attention_reference.gali_positions(length, original, window), rtol=0, atol=1e-12)
@@ -77,9 +89,16 @@ def test_the_fewest_positions_are_split():
         assert NATIVE + split * (group - 1) >= length > NATIVE + (split - 1) * (group - 1)
 
 
-@pytest.mark.parametrize("params", [QUIET, dict(QUIET, logit_interpolation=False), dict(local_window=1, noise=False),
-                                    dict(local_window=20, std_base=2.0, noise_seed=5)],
-                         ids=["no-noise", "plain-rotation", "window1", "noise-options"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        QUIET,
+        dict(QUIET, logit_interpolation=False),
+        dict(local_window=1, noise=False),
+        dict(local_window=20, std_base=2.0, noise_seed=5),
+    ],
+    ids=["no-noise", "plain-rotation", "window1", "noise-options"],
+)
 @pytest.mark.parametrize("family", ["llama", "gpt_neox", "phi3"])
 def test_matches_dense_reference(params, family, block):
     if family != "llama" and params in (QUIET, dict(local_window=1, noise=False)):
@@ -135,10 +154,10 @@ def test_left_padded_rows_without_noise_equal_rows_run_alone():
     ids = torch.zeros(3, 150, dtype=torch.long)
     mask = torch.zeros(3, 150, dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, 150 - len(row):], mask[i, 150 - len(row):] = row, 1
+        ids[i, 150 - len(row) :], mask[i, 150 - len(row) :] = row, 1
     batched = logits(model, ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
     for i, row in enumerate(rows):
-        torch.testing.assert_close(batched[i, -len(row):], logits(model, row[None])[0], atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(batched[i, -len(row) :], logits(model, row[None])[0], atol=2e-5, rtol=1e-5)
 
 
 def test_noise_is_seeded():
@@ -161,7 +180,7 @@ def test_noise_is_a_standard_normal_of_the_pair_alone():
     assert abs(float((noise[:, 1:] * noise[:, :-1]).mean())) < 0.01  # neighbouring queries uncorrelated
     assert abs(float((noise[1:] * noise[:-1]).mean())) < 0.01  # heads uncorrelated
     assert abs(float((noise[:, 1:, 1:] * noise[:, :-1, :-1]).mean())) < 0.01  # pairs one step apart in both
-    assert abs(float((noise ** 4).mean()) - 3) < 0.05  # a normal's fourth moment, not just its first two
+    assert abs(float((noise**4).mean()) - 3) < 0.05  # a normal's fourth moment, not just its first two
     part = gali.standard_normal(3, 2, 4, queries[100:200], keys[300:350])
     assert torch.equal(part, noise[:, 100:200, 300:350])
     assert not torch.equal(gali.standard_normal(3, 1, 4, queries, keys), noise)
@@ -169,22 +188,30 @@ def test_noise_is_a_standard_normal_of_the_pair_alone():
 
 def test_defaults_are_the_references():
     config = ctxext.get_method("gali").config_class()
-    assert (config.local_window, config.logit_interpolation, config.noise, config.std_base, config.noise_seed) == \
-        (128, True, True, 1.0, 0)
+    assert (config.local_window, config.logit_interpolation, config.noise, config.std_base, config.noise_seed) == (
+        128,
+        True,
+        True,
+        1.0,
+        0,
+    )
     assert config.log_scaling is False
 
 
-@pytest.mark.parametrize("params, message", [
-    ({}, r"local_window \(128\) must be below the original length \(64\)"),
-    (dict(local_window=NATIVE), "must be below the original length"),
-    (dict(local_window=0), "at least 1"),
-    (dict(local_window=8, logit_interpolation=False), "with logit_interpolation=false set noise=false"),
-    (dict(local_window=8, noise="yes"), "noise must be true or false"),
-    (dict(local_window=8, logit_interpolation=1), "logit_interpolation must be true or false"),
-    (dict(local_window=8, std_base=-1.0), "std_base must be at least 0"),
-    (dict(local_window=8, noise_seed=-1), "noise_seed must be at least 0"),
-    (dict(local_window=8, noise_seed=1.5), "whole number"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({}, r"local_window \(128\) must be below the original length \(64\)"),
+        (dict(local_window=NATIVE), "must be below the original length"),
+        (dict(local_window=0), "at least 1"),
+        (dict(local_window=8, logit_interpolation=False), "with logit_interpolation=false set noise=false"),
+        (dict(local_window=8, noise="yes"), "noise must be true or false"),
+        (dict(local_window=8, logit_interpolation=1), "logit_interpolation must be true or false"),
+        (dict(local_window=8, std_base=-1.0), "std_base must be at least 0"),
+        (dict(local_window=8, noise_seed=-1), "noise_seed must be at least 0"),
+        (dict(local_window=8, noise_seed=1.5), "whole number"),
+    ],
+)
 def test_bad_parameters_get_clear_errors(params, message):
     model = make_model("llama")
     with pytest.raises(CtxextError, match=message):
@@ -195,11 +222,29 @@ def test_bad_parameters_get_clear_errors(params, message):
 def test_cli_patch_takes_the_gali_flags(tiny_dir, capsys):
     from ctxext.cli import main
 
-    assert main(["patch", "--method", "gali", "--factor", "3", "--local-window", "8", "--noise", "false",
-                 "--noise-seed", "4", str(tiny_dir)]) == 0
+    assert (
+        main(
+            [
+                "patch",
+                "--method",
+                "gali",
+                "--factor",
+                "3",
+                "--local-window",
+                "8",
+                "--noise",
+                "false",
+                "--noise-seed",
+                "4",
+                str(tiny_dir),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     reloaded = ctxext.from_pretrained(tiny_dir)
-    assert reloaded.config.ctxext["params"] == dict(QUIET, logit_interpolation=True, std_base=1.0, noise_seed=4,
-                                                    log_scaling=False)
+    assert reloaded.config.ctxext["params"] == dict(
+        QUIET, logit_interpolation=True, std_base=1.0, noise_seed=4, log_scaling=False
+    )
     ids = tokens(150)
     torch.testing.assert_close(logits(reloaded, ids), logits(_extended(QUIET), ids), atol=1e-6, rtol=1e-6)

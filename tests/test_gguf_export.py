@@ -43,8 +43,11 @@ def write_tiny_gguf(path, *, alignment=None, big_endian=False, extra=None, extra
     writer.add_tensor("token_embd.weight", rng.standard_normal((5, 32)).astype(np.float32))
     weight = rng.standard_normal((32, 64)).astype(np.float32)
     try:
-        writer.add_tensor("blk.0.attn_q.weight", gguf.quants.quantize(weight, gguf.GGMLQuantizationType.Q8_0),
-                          raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        writer.add_tensor(
+            "blk.0.attn_q.weight",
+            gguf.quants.quantize(weight, gguf.GGMLQuantizationType.Q8_0),
+            raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+        )
     except (AttributeError, NotImplementedError):  # an older gguf without quantize()
         writer.add_tensor("blk.0.attn_q.weight", weight.astype(np.float16))
     writer.add_tensor("output_norm.weight", rng.standard_normal(32).astype(np.float16))
@@ -92,18 +95,30 @@ def assert_same_tensors(a, b) -> gguf.GGUFReader:
 
 
 CASES = {
-    "pi": (dict(factor=2), {
-        _key("rope.scaling.type"): "linear", _key("rope.scaling.factor"): 2.0}),
-    "yarn": (dict(factor=2), {
-        _key("rope.scaling.type"): "yarn", _key("rope.scaling.factor"): 2.0,
-        _key("rope.scaling.original_context_length"): NATIVE}),
-    "yarn-params": (dict(target_length=4 * NATIVE, beta_fast=16.0, beta_slow=2.0, attention_factor=1.5), {
-        _key("rope.scaling.type"): "yarn", _key("rope.scaling.factor"): 4.0,
-        _key("rope.scaling.original_context_length"): NATIVE,
-        _key("rope.scaling.yarn_beta_fast"): 16.0, _key("rope.scaling.yarn_beta_slow"): 2.0,
-        _key("rope.scaling.attn_factor"): f32(1.5 / (1 + 0.1 * math.log(4)))}),
-    "ntk": (dict(factor=2), {
-        _key("rope.scaling.type"): "none", _key("rope.freq_base"): f32(10000.0 * 2 ** (ROTARY / (ROTARY - 2)))}),
+    "pi": (dict(factor=2), {_key("rope.scaling.type"): "linear", _key("rope.scaling.factor"): 2.0}),
+    "yarn": (
+        dict(factor=2),
+        {
+            _key("rope.scaling.type"): "yarn",
+            _key("rope.scaling.factor"): 2.0,
+            _key("rope.scaling.original_context_length"): NATIVE,
+        },
+    ),
+    "yarn-params": (
+        dict(target_length=4 * NATIVE, beta_fast=16.0, beta_slow=2.0, attention_factor=1.5),
+        {
+            _key("rope.scaling.type"): "yarn",
+            _key("rope.scaling.factor"): 4.0,
+            _key("rope.scaling.original_context_length"): NATIVE,
+            _key("rope.scaling.yarn_beta_fast"): 16.0,
+            _key("rope.scaling.yarn_beta_slow"): 2.0,
+            _key("rope.scaling.attn_factor"): f32(1.5 / (1 + 0.1 * math.log(4))),
+        },
+    ),
+    "ntk": (
+        dict(factor=2),
+        {_key("rope.scaling.type"): "none", _key("rope.freq_base"): f32(10000.0 * 2 ** (ROTARY / (ROTARY - 2)))},
+    ),
 }
 
 
@@ -145,19 +160,23 @@ def test_custom_alignment_and_big_endian_files_keep_their_layout(tmp_path, layou
     assert_same_tensors(source, out)
 
 
-@pytest.mark.parametrize("method, message", [
-    ("dynamic-ntk", "no dynamic rope scaling"),
-    ("dynamic-yarn", "no dynamic rope scaling"),
-    ("longrope", r"extra rope-factor tensors \(rope_factors_long/short.weight\).*adds only llama3's"),
-    ("dca", "changes attention itself"),
-    ("string", "changes attention itself"),
-    ("lm-infinite", "changes attention itself"),
-    ("ms-poe", "changes attention itself"),
-    ("rerope", "changes attention itself"),
-    ("self-extend", r"llama-completion -m \S+tiny.gguf -c 128 --grp-attn-n 3 --grp-attn-w 15 .*not ctxext's 16"),
-])
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ("dynamic-ntk", "no dynamic rope scaling"),
+        ("dynamic-yarn", "no dynamic rope scaling"),
+        ("longrope", r"extra rope-factor tensors \(rope_factors_long/short.weight\).*adds only llama3's"),
+        ("dca", "changes attention itself"),
+        ("string", "changes attention itself"),
+        ("lm-infinite", "changes attention itself"),
+        ("ms-poe", "changes attention itself"),
+        ("rerope", "changes attention itself"),
+        ("self-extend", r"llama-completion -m \S+tiny.gguf -c 128 --grp-attn-n 3 --grp-attn-w 15 .*not ctxext's 16"),
+    ],
+)
 def test_what_gguf_metadata_cannot_express_is_refused_in_one_line_and_nothing_is_written(
-        tiny_gguf, tmp_path, method, message):
+    tiny_gguf, tmp_path, method, message
+):
     with pytest.raises(ctxext.CtxextError, match=message) as error:
         ctxext.patch(tiny_gguf, method, output=tmp_path / "out.gguf", factor=2)
     assert "\n" not in str(error.value)
@@ -189,9 +208,13 @@ def test_bad_options_existing_outputs_and_other_misuse_are_refused_before_writin
 
 
 def test_a_gguf_with_native_scaling_or_a_ctxext_patch_needs_replace(tmp_path):
-    scaled = write_tiny_gguf(tmp_path / "scaled.gguf", extra={
-        _key("rope.scaling.type"): (gguf.GGUFValueType.STRING, "linear"),
-        _key("rope.scaling.factor"): (gguf.GGUFValueType.FLOAT32, 4.0)})
+    scaled = write_tiny_gguf(
+        tmp_path / "scaled.gguf",
+        extra={
+            _key("rope.scaling.type"): (gguf.GGUFValueType.STRING, "linear"),
+            _key("rope.scaling.factor"): (gguf.GGUFValueType.FLOAT32, 4.0),
+        },
+    )
     with pytest.raises(ctxext.CtxextError, match="already uses 'linear' rope scaling.*--replace"):
         ctxext.patch(scaled, "yarn", output=tmp_path / "a.gguf", factor=2)
     ctxext.patch(scaled, "yarn", output=tmp_path / "a.gguf", factor=2, replace=True)
@@ -207,7 +230,9 @@ def test_a_gguf_with_native_scaling_or_a_ctxext_patch_needs_replace(tmp_path):
     before, after = metadata(scaled), metadata(again)
     diff = changed(before, after)
     assert {k: v for k, v in diff.items() if not k.startswith("ctxext.")} == {
-        _key("context_length"): 3 * NATIVE, _key("rope.scaling.factor"): 3.0}  # freq_base back, type linear
+        _key("context_length"): 3 * NATIVE,
+        _key("rope.scaling.factor"): 3.0,
+    }  # freq_base back, type linear
     original = json.loads(diff["ctxext.original_metadata"])
     assert original[_key("rope.scaling.type")] == {"type": int(gguf.GGUFValueType.STRING), "value": "linear"}
     assert original[_key("rope.freq_base")]["value"] == 10000.0
@@ -272,20 +297,29 @@ def test_llama3_adds_rope_freqs_after_every_original_tensor_kept_byte_for_byte(t
     diff = changed(before, after)
     record = json.loads(diff.pop("ctxext.record"))
     original = json.loads(diff.pop("ctxext.original_metadata"))
-    assert diff == {_key("context_length"): 4 * NATIVE, _key("rope.scaling.type"): "none",
-                    "ctxext.added_tensors": '["rope_freqs.weight"]'}
+    assert diff == {
+        _key("context_length"): 4 * NATIVE,
+        _key("rope.scaling.type"): "none",
+        "ctxext.added_tensors": '["rope_freqs.weight"]',
+    }
     assert record == result.record.to_dict() and record["params"]["high_freq_factor"] == 2.0
-    assert original == {_key("context_length"): {"type": int(gguf.GGUFValueType.UINT32), "value": NATIVE},
-                        _key("rope.scaling.type"): None}
+    assert original == {
+        _key("context_length"): {"type": int(gguf.GGUFValueType.UINT32), "value": NATIVE},
+        _key("rope.scaling.type"): None,
+    }
 
     original_reader, reader = gguf.GGUFReader(source), gguf.GGUFReader(out)
     assert reader.byte_order == original_reader.byte_order and reader.data_offset % reader.alignment == 0
     assert tensors(reader)[:-1] == tensors(original_reader)
-    assert bytes(reader.data[reader.data_offset:len(original_reader.data) - original_reader.data_offset
-                             + reader.data_offset]) == bytes(original_reader.data[original_reader.data_offset:])
+    assert bytes(
+        reader.data[reader.data_offset : len(original_reader.data) - original_reader.data_offset + reader.data_offset]
+    ) == bytes(original_reader.data[original_reader.data_offset :])
     rope_freqs = reader.tensors[-1]
     assert (rope_freqs.name, rope_freqs.tensor_type, rope_freqs.shape.tolist()) == (
-        "rope_freqs.weight", gguf.GGMLQuantizationType.F32, [ROTARY // 2])
+        "rope_freqs.weight",
+        gguf.GGMLQuantizationType.F32,
+        [ROTARY // 2],
+    )
     assert rope_freqs.data_offset % reader.alignment == 0
     expected = llama3_factors(4.0, high=2.0)
     assert ((expected > 1.0) & (expected < 4.0)).any()  # a blended pair, not only kept and divided ones
@@ -312,10 +346,12 @@ def test_a_replace_patch_drops_the_tensor_an_earlier_llama3_patch_added(tiny_ggu
 
 @pytest.mark.parametrize("method, replace", [("llama3", False), ("llama3", True), ("yarn", True)])
 def test_a_gguf_with_its_own_rope_freqs_is_refused(tmp_path, method, replace):
-    source = write_tiny_gguf(tmp_path / "llama31.gguf",
-                             extra_tensors={"rope_freqs.weight": np.full(ROTARY // 2, 2.0, dtype=np.float32)})
-    with pytest.raises(ctxext.CtxextError,
-                       match=r"already has per-dimension rope factors \(rope_freqs.weight") as error:
+    source = write_tiny_gguf(
+        tmp_path / "llama31.gguf", extra_tensors={"rope_freqs.weight": np.full(ROTARY // 2, 2.0, dtype=np.float32)}
+    )
+    with pytest.raises(
+        ctxext.CtxextError, match=r"already has per-dimension rope factors \(rope_freqs.weight"
+    ) as error:
         ctxext.patch(source, method, factor=2, output=tmp_path / "out.gguf", replace=replace)
     assert "\n" not in str(error.value)
     assert [p.name for p in tmp_path.iterdir()] == ["llama31.gguf"]
@@ -343,8 +379,9 @@ def test_cli_patch_to_gguf_prints_the_llama_server_command(tiny_gguf, tmp_path, 
     printed = capsys.readouterr().out
     assert f"serve it with llama.cpp: llama-server -m {out} -c {2 * NATIVE}" in printed
     assert "transformers' GGUF loader ignores rope scaling metadata" in printed
-    assert main(["patch", "--method", "dca", "--factor", "2", "--output", str(tmp_path / "x.gguf"),
-                 str(tiny_gguf)]) == 2
+    assert (
+        main(["patch", "--method", "dca", "--factor", "2", "--output", str(tmp_path / "x.gguf"), str(tiny_gguf)]) == 2
+    )
     error = capsys.readouterr().err
     assert error.startswith("ctxext: error: 'dca' changes attention itself") and error.count("\n") == 1
 

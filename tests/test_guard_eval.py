@@ -76,8 +76,21 @@ def ws(eval_template, tmp_path):
 
 
 def eval_args(*extra, model="{ws}/model", out="{ws}/out"):
-    return ["eval", model, "--tasks", "passkey", "--lengths", "300", "--samples", "1", "--depths", "0.5",
-            "--out", out, *extra]
+    return [
+        "eval",
+        model,
+        "--tasks",
+        "passkey",
+        "--lengths",
+        "300",
+        "--samples",
+        "1",
+        "--depths",
+        "0.5",
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 # -- the bad inputs, one test per class ------------------------------------------------------------
@@ -112,8 +125,10 @@ TOO_SHORT = [
     (["--tasks", "cwe", "--lengths", "1500"], "length 1500 is too short for cwe"),
     (["--tasks", "fwe", "--lengths", "300"], "length 300 is too short for fwe"),
     (["--tasks", "ruler", "--lengths", "600"], "length 600 is too short for cwe"),
-    (["--tasks", "ppl", "--lengths", "300", "--text-file", "{ws}/corpus.txt", "--lm-eval-tasks", "ctxext_vt"],
-     "length 300 is too short for vt"),
+    (
+        ["--tasks", "ppl", "--lengths", "300", "--text-file", "{ws}/corpus.txt", "--lm-eval-tasks", "ctxext_vt"],
+        "length 300 is too short for vt",
+    ),
 ]
 
 
@@ -122,7 +137,7 @@ def test_length_too_short_for_a_task_is_refused_before_the_model_loads(cli, ws, 
     if "--lm-eval-tasks" in extra:
         pytest.importorskip("lm_eval")
     args = eval_args()
-    args = args[: args.index("--tasks")] + args[args.index("--samples"):] + extra  # the case's tasks and lengths
+    args = args[: args.index("--tasks")] + args[args.index("--samples") :] + extra  # the case's tasks and lengths
     expect_refusal(cli, ws, args, message)
 
 
@@ -182,8 +197,10 @@ BAD_TASKS = [
     (["--lm-eval-tasks", "ctxext_nope"], "unknown lm-eval task(s): ctxext_nope"),
     (["--lm-eval-tasks", "ctxext_passkey,ctxext_bogus"], "unknown lm-eval task(s): ctxext_bogus"),
     (["--lm-eval-tasks", "ctxext_passkey,no_such_lm_eval_task"], "unknown lm-eval task(s): no_such_lm_eval_task"),
-    (["--lm-eval-tasks", "ctxext_passkey", "--lm-eval-limit", "0"],
-     "--lm-eval-limit must be a whole number of at least 1"),
+    (
+        ["--lm-eval-tasks", "ctxext_passkey", "--lm-eval-limit", "0"],
+        "--lm-eval-limit must be a whole number of at least 1",
+    ),
 ]
 
 
@@ -314,8 +331,26 @@ def test_passkey_bad_input_is_refused_before_the_model_loads(cli, ws, extra, mes
 
 # -- an existing run: resume with the same settings, refuse other ones ---------------------------
 
-RUN_ARGS = ["eval", "model", "--method", "yarn", "--factor", "2", "--tasks", "passkey,ppl", "--lengths", "300",
-            "--samples", "1", "--depths", "0.5", "--text-file", "corpus.txt", "--out", "run"]
+RUN_ARGS = [
+    "eval",
+    "model",
+    "--method",
+    "yarn",
+    "--factor",
+    "2",
+    "--tasks",
+    "passkey,ppl",
+    "--lengths",
+    "300",
+    "--samples",
+    "1",
+    "--depths",
+    "0.5",
+    "--text-file",
+    "corpus.txt",
+    "--out",
+    "run",
+]
 
 
 @pytest.fixture(scope="session")
@@ -330,7 +365,13 @@ def run_template(cli, tiny_eval_dir, tmp_path_factory):
     result = cli.run(*RUN_ARGS, cwd=root)
     assert result.rc == 0, result.stderr
     assert sorted(p.name for p in (root / "run").iterdir()) == [
-        "heatmap_passkey.png", "perplexity.png", "records.jsonl", "report.json", "report.md", "run.json"]
+        "heatmap_passkey.png",
+        "perplexity.png",
+        "records.jsonl",
+        "report.json",
+        "report.md",
+        "run.json",
+    ]
     shutil.copytree(root / "model", root / "good")
     break_weights(root / "model")
     return root
@@ -386,8 +427,12 @@ def test_the_same_settings_resume_and_add_work(cli, run_ws):
 def test_a_refused_run_leaves_nothing_that_blocks_the_corrected_rerun(cli, ws):
     """The first command is refused after the --out checks (its prompts do not fit) with seed 1; the corrected
     command, seed 0, writes into the same --out: a run.json written by the refused run would refuse it."""
-    expect_refusal(cli, ws, eval_args("--seed", "1", "--lengths", "100", model="{ws}/good"),
-                   "length 100 is too short for a passkey prompt")
+    expect_refusal(
+        cli,
+        ws,
+        eval_args("--seed", "1", "--lengths", "100", model="{ws}/good"),
+        "length 100 is too short for a passkey prompt",
+    )
     result = cli.run(*[a.format(ws=ws) for a in eval_args(model="{ws}/good")], cwd=ws)
     assert result.rc == 0, result.stderr
     assert json.loads((ws / "out" / "run.json").read_text())["seed"] == 0
@@ -396,8 +441,9 @@ def test_a_refused_run_leaves_nothing_that_blocks_the_corrected_rerun(cli, ws):
 def test_a_model_that_fails_to_load_leaves_nothing_behind(cli, ws):
     """The control of every test above: valid flags on the corrupt weights get the load's own one-line error, so
     the refusals above happened before the load; and the failed run leaves no --out, no run.json."""
-    result = expect_refusal(cli, ws, eval_args("--method", "yarn", "--factor", "2"),
-                            "{ws}/model: cannot load the model")
+    result = expect_refusal(
+        cli, ws, eval_args("--method", "yarn", "--factor", "2"), "{ws}/model: cannot load the model"
+    )
     assert "header" in result.stderr  # safetensors' own complaint about the corrupt file
     expect_refusal(cli, ws, ["passkey", "{ws}/model", "--length", "300"], "{ws}/model: cannot load the model")
 
@@ -447,11 +493,19 @@ def test_an_interrupted_report_leaves_the_previous_files_whole(run_ws, monkeypat
 
 
 def test_the_fork_server_answers_as_python_dash_m_does(cli, ws):
-    for args in (eval_args("--lengths", "99999999"), eval_args(out="{ws}/user"),
-                 ["passkey", "{ws}/model", "--length", "10"]):
+    for args in (
+        eval_args("--lengths", "99999999"),
+        eval_args(out="{ws}/user"),
+        ["passkey", "{ws}/model", "--length", "10"],
+    ):
         args = [a.format(ws=ws) for a in args]
-        real = subprocess.run([sys.executable, "-m", "ctxext.cli", *args], capture_output=True, text=True, cwd=ws,
-                              env={**os.environ, **OFFLINE})
+        real = subprocess.run(
+            [sys.executable, "-m", "ctxext.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=ws,
+            env={**os.environ, **OFFLINE},
+        )
         served = cli.run(*args, cwd=ws)
         assert (served.rc, served.stdout, served.stderr) == (real.returncode, real.stdout, real.stderr)
         assert real.returncode == 2 and real.stderr.count("\n") == 1
@@ -478,14 +532,38 @@ def test_in_process_nothing_loads_the_model_before_the_checks(tiny_eval_dir, tmp
 
 
 def _count_bad_inputs() -> int:
-    return (len(BAD_LENGTHS) + len(TOO_SHORT) + len(BAD_EXTENSION) + len(BAD_METHODS) + len(BAD_TASKS)
-            + len(BAD_DEVICES) + len(BAD_NUMBERS) + len(BAD_CORPORA) + len(NOT_OURS) + len(BAD_MODELS)
-            + len(BAD_PASSKEY) + len(OTHER_SETTINGS) + 1)  # + the damaged run log
+    return (
+        len(BAD_LENGTHS)
+        + len(TOO_SHORT)
+        + len(BAD_EXTENSION)
+        + len(BAD_METHODS)
+        + len(BAD_TASKS)
+        + len(BAD_DEVICES)
+        + len(BAD_NUMBERS)
+        + len(BAD_CORPORA)
+        + len(NOT_OURS)
+        + len(BAD_MODELS)
+        + len(BAD_PASSKEY)
+        + len(OTHER_SETTINGS)
+        + 1
+    )  # + the damaged run log
 
 
 def test_the_bad_inputs_are_distinct():
-    cases = [tuple(map(str, extra)) for table in (BAD_LENGTHS, TOO_SHORT, BAD_EXTENSION, BAD_METHODS, BAD_TASKS,
-                                                  BAD_DEVICES, BAD_NUMBERS, BAD_CORPORA) for extra, _ in table]
+    cases = [
+        tuple(map(str, extra))
+        for table in (
+            BAD_LENGTHS,
+            TOO_SHORT,
+            BAD_EXTENSION,
+            BAD_METHODS,
+            BAD_TASKS,
+            BAD_DEVICES,
+            BAD_NUMBERS,
+            BAD_CORPORA,
+        )
+        for extra, _ in table
+    ]
     assert len(set(cases)) == len(cases)
     assert len({out for out, _ in NOT_OURS}) == len(NOT_OURS) and len({m for m, _ in BAD_MODELS}) == len(BAD_MODELS)
     assert _count_bad_inputs() >= 120

@@ -137,9 +137,13 @@ def test_patch_then_unpatch_keeps_config_json_owner(tiny_dir):
 def _interrupt_when_staging_appears(args, watch: Path, sig: int) -> subprocess.CompletedProcess:
     # a shell's background job inherits SIGINT ignored (Python then never raises KeyboardInterrupt):
     # give the command the default disposition a terminal user's process has
-    process = subprocess.Popen([sys.executable, "-m", "ctxext.cli", *map(str, args)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ctxext.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
         if any(STAGING_MARK in name for name in os.listdir(watch)):
@@ -160,29 +164,37 @@ def test_an_interrupted_patch_output_leaves_no_partial_copy(tiny_dir, tmp_path, 
     outputs = tmp_path / "outputs"
     outputs.mkdir()
     before = tree(tiny_dir)
-    result = _interrupt_when_staging_appears(["patch", "--method", "yarn", "--factor", "2", "--output",
-                                              outputs / "extended", tiny_dir], outputs, sig)
+    result = _interrupt_when_staging_appears(
+        ["patch", "--method", "yarn", "--factor", "2", "--output", outputs / "extended", tiny_dir], outputs, sig
+    )
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip().splitlines() == ["ctxext: interrupted; nothing half-written was left behind"]
     assert os.listdir(outputs) == []
     assert tree(tiny_dir) == before
-    assert run_cli("patch", "--method", "yarn", "--factor", "2", "--output", outputs / "extended",
-                   tiny_dir).returncode == 0  # the rerun works and leaves only its output
+    assert (
+        run_cli("patch", "--method", "yarn", "--factor", "2", "--output", outputs / "extended", tiny_dir).returncode
+        == 0
+    )  # the rerun works and leaves only its output
     assert os.listdir(outputs) == ["extended"]
 
 
 def test_output_inside_the_model_directory_is_refused(tiny_dir):
     before = tree(tiny_dir)
-    assert_one_line_error(run_cli("patch", "--method", "yarn", "--factor", "2", "--output", tiny_dir / "ext",
-                                  tiny_dir), "inside the model directory")
+    assert_one_line_error(
+        run_cli("patch", "--method", "yarn", "--factor", "2", "--output", tiny_dir / "ext", tiny_dir),
+        "inside the model directory",
+    )
     assert tree(tiny_dir) == before
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--method", "dca"], "models only, not 'llama'"),
-    (["--method", "yarn"], "needs --method dca"),
-    (["--method", "auto"], "not auto"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--method", "dca"], "models only, not 'llama'"),
+        (["--method", "yarn"], "needs --method dca"),
+        (["--method", "auto"], "not auto"),
+    ],
+)
 def test_engine_config_misuse_is_refused_in_one_line_and_changes_nothing(tiny_dir, extra, message):
     before = tree(tiny_dir)
     assert_one_line_error(run_cli("patch", *extra, "--factor", "2", "--engine-config", "sglang", tiny_dir), message)

@@ -76,8 +76,23 @@ def ws(finetune_template, tmp_path):
 
 def finetune_args(*extra, model="{ws}/model", data="{ws}/corpus.txt", out="{ws}/out"):
     """Valid flags (target 256 tokens, windows of 32, held-out 64) unless ``extra`` changes them."""
-    return ["finetune", model, "--factor", "4", "--data", data, "--steps", "2", "--seq-len", "32",
-            "--eval-length", "64", "--out", out, *extra]
+    return [
+        "finetune",
+        model,
+        "--factor",
+        "4",
+        "--data",
+        data,
+        "--steps",
+        "2",
+        "--seq-len",
+        "32",
+        "--eval-length",
+        "64",
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 BAD_EXTENSION = [
@@ -130,8 +145,11 @@ BAD_DATA = [
     ("{ws}/short.txt", [], "the data has 17 tokens, too few for seq-len 32 plus a held-out evaluation window of 64"),
     ("{ws}/corpus.txt", ["--eval-length", "1000"], "the data has 680 tokens, too few for seq-len 32 plus a held-out"),
     ("{ws}/short.txt", ["--no-eval"], "the training data has 17 tokens, fewer than seq-len 32 + 1"),
-    ("{ws}/corpus.jsonl", ["--seq-len", "256", "--eval-length", "512"],
-     "the data has 683 tokens, too few for seq-len 256"),
+    (
+        "{ws}/corpus.jsonl",
+        ["--seq-len", "256", "--eval-length", "512"],
+        "the data has 683 tokens, too few for seq-len 256",
+    ),
 ]
 
 
@@ -182,8 +200,11 @@ def test_out_that_is_not_a_new_folder_or_a_run_is_refused(cli, ws, out, extra, m
     expect_refusal(cli, ws, finetune_args(*extra, out=out), message)
 
 
-BAD_MODELS = [*bad_inputs.BAD_MODELS, bad_inputs.wrong_vocabulary(8),
-              ("{ws}/patched", "model is already extended with 'pi'; pass replace=True (--replace)")]
+BAD_MODELS = [
+    *bad_inputs.BAD_MODELS,
+    bad_inputs.wrong_vocabulary(8),
+    ("{ws}/patched", "model is already extended with 'pi'; pass replace=True (--replace)"),
+]
 
 
 @pytest.mark.parametrize("model,message", BAD_MODELS)
@@ -193,8 +214,24 @@ def test_bad_model_is_refused_before_its_weights_load(cli, ws, model, message):
 
 # -- --resume: a checkpoint made with other settings, or no steps left ----------------------------
 
-RUN_ARGS = ["finetune", "model", "--factor", "4", "--data", "corpus.txt", "--steps", "2", "--seq-len", "32",
-            "--eval-length", "64", "--save-every", "2", "--out", "run"]
+RUN_ARGS = [
+    "finetune",
+    "model",
+    "--factor",
+    "4",
+    "--data",
+    "corpus.txt",
+    "--steps",
+    "2",
+    "--seq-len",
+    "32",
+    "--eval-length",
+    "64",
+    "--save-every",
+    "2",
+    "--out",
+    "run",
+]
 
 
 @pytest.fixture(scope="session")
@@ -264,36 +301,53 @@ def test_a_model_that_fails_to_load_leaves_nothing_behind(cli, ws):
 # -- the Python API: the same checks before a model is loaded or touched ---------------------------
 
 
-@pytest.mark.parametrize("device,message", [
-    ("cuda", "--device cuda: no cuda device is available"),
-    ("gpu", "--device 'gpu': not a torch device"),
-    ("meta", "--device meta holds no data"),
-])
-def test_finetune_api_bad_device_is_refused_before_the_model_loads(finetune_template, tmp_path, monkeypatch,
-                                                                   device, message):
+@pytest.mark.parametrize(
+    "device,message",
+    [
+        ("cuda", "--device cuda: no cuda device is available"),
+        ("gpu", "--device 'gpu': not a torch device"),
+        ("meta", "--device meta holds no data"),
+    ],
+)
+def test_finetune_api_bad_device_is_refused_before_the_model_loads(
+    finetune_template, tmp_path, monkeypatch, device, message
+):
     from ctxext.recipes import train
 
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     monkeypatch.setattr(train, "load_weights", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ctxext.CtxextError, match=message):
-        train.finetune(str(finetune_template / "good"), finetune_template / "corpus.txt", tmp_path / "out", factor=4,
-                       steps=1, seq_len=32, eval_length=64, device=device, progress=False)
+        train.finetune(
+            str(finetune_template / "good"),
+            finetune_template / "corpus.txt",
+            tmp_path / "out",
+            factor=4,
+            steps=1,
+            seq_len=32,
+            eval_length=64,
+            device=device,
+            progress=False,
+        )
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("data,kwargs,message", [
-    (torch.rand(500), {}, "token ids must be a tensor of whole numbers, got torch.float32"),
-    (torch.full((500,), -1), {}, "token ids must not be negative, got -1"),
-    (torch.arange(500) % 200, {}, "the training data has token id 199, beyond the model's vocabulary of 128"),
-    (torch.arange(90) % 50, {}, "the data has 90 tokens, too few for seq-len 32 plus a held-out evaluation window"),
-    ("{corpus}", {}, "reading text data needs a tokenizer"),
-    (torch.arange(500) % 50, {"keep_checkpoints": 0}, "keep_checkpoints must be a whole number of at least 1"),
-    (torch.arange(500) % 50, {"seed": 1.5}, "seed must be a whole number, got 1.5"),
-    (torch.arange(500) % 50, {"factor": 2}, "seq-len 256 is above the target length 128"),
-])
-def test_finetune_api_leaves_a_loaded_model_untouched_when_it_refuses(finetune_template, tmp_path, data, kwargs,
-                                                                      message):
+@pytest.mark.parametrize(
+    "data,kwargs,message",
+    [
+        (torch.rand(500), {}, "token ids must be a tensor of whole numbers, got torch.float32"),
+        (torch.full((500,), -1), {}, "token ids must not be negative, got -1"),
+        (torch.arange(500) % 200, {}, "the training data has token id 199, beyond the model's vocabulary of 128"),
+        (torch.arange(90) % 50, {}, "the data has 90 tokens, too few for seq-len 32 plus a held-out evaluation window"),
+        ("{corpus}", {}, "reading text data needs a tokenizer"),
+        (torch.arange(500) % 50, {"keep_checkpoints": 0}, "keep_checkpoints must be a whole number of at least 1"),
+        (torch.arange(500) % 50, {"seed": 1.5}, "seed must be a whole number, got 1.5"),
+        (torch.arange(500) % 50, {"factor": 2}, "seq-len 256 is above the target length 128"),
+    ],
+)
+def test_finetune_api_leaves_a_loaded_model_untouched_when_it_refuses(
+    finetune_template, tmp_path, data, kwargs, message
+):
     """A loaded model is extended only after every check passed: a refusal leaves it as it was."""
     from ctxext.recipes import finetune
 
@@ -312,8 +366,18 @@ def test_finetune_api_leaves_a_loaded_model_untouched_when_it_refuses(finetune_t
 
 
 def test_the_bad_inputs_are_distinct():
-    total = (len(BAD_EXTENSION) + len(BAD_TARGETS) + len(BAD_DATA) + len(BAD_TRAINING) + len(BAD_OUT)
-             + len(BAD_MODELS) + len(OTHER_SETTINGS) + 1 + 3 + 8)  # + damaged checkpoint, API devices, API data
+    total = (
+        len(BAD_EXTENSION)
+        + len(BAD_TARGETS)
+        + len(BAD_DATA)
+        + len(BAD_TRAINING)
+        + len(BAD_OUT)
+        + len(BAD_MODELS)
+        + len(OTHER_SETTINGS)
+        + 1
+        + 3
+        + 8
+    )  # + damaged checkpoint, API devices, API data
     cases = [tuple(e) for e, _ in BAD_EXTENSION + BAD_TRAINING] + [(d, *e) for d, e, _ in BAD_DATA]
     cases += [(o, *e) for o, e, _ in BAD_OUT]
     assert len(set(cases)) == len(cases)

@@ -45,14 +45,23 @@ def trained():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_attention_heads=2, num_key_value_heads=2,
-                         intermediate_size=128, num_hidden_layers=1, max_position_embeddings=NATIVE,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        max_position_embeddings=NATIVE,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     model = AutoModelForCausalLM.from_config(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     stream = copy_stream(300 * 32 * (NATIVE + 6), seed=0).view(300, 32, NATIVE + 6)
     for step, batch in enumerate(stream):
-        batch = batch[:, step % 6: step % 6 + NATIVE]  # every phase of the blocks
+        batch = batch[:, step % 6 : step % 6 + NATIVE]  # every phase of the blocks
         loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad()
         loss.backward()
@@ -164,11 +173,16 @@ def test_the_budget_sizes_the_plan():
     assert [p.population for p in sizes] == sorted(p.population for p in sizes)
 
 
-@pytest.mark.parametrize("minutes, message", [
-    (0, "--search-minutes must be a positive number of minutes, got 0"),
-    (-1, "must be a positive number"), (float("nan"), "must be a positive number"), ("5", "got '5'"),
-    (0.5, "fits 3 candidates of 10.0 s each; it needs at least 6: give --search-minutes 1"),
-])
+@pytest.mark.parametrize(
+    "minutes, message",
+    [
+        (0, "--search-minutes must be a positive number of minutes, got 0"),
+        (-1, "must be a positive number"),
+        (float("nan"), "must be a positive number"),
+        ("5", "got '5'"),
+        (0.5, "fits 3 candidates of 10.0 s each; it needs at least 6: give --search-minutes 1"),
+    ],
+)
 def test_a_bad_or_too_small_budget_is_one_line(minutes, message):
     with pytest.raises(CtxextError, match=message) as caught:
         lrs.plan_for_budget(minutes, 10)
@@ -196,11 +210,17 @@ def test_factors_from_a_file_for_extend_and_patch(tiny_dir, tmp_path, capsys):
     assert json.loads((tiny_dir / "config.json").read_text())["rope_parameters"]["long_factor"] == factors
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "cannot read"), ("[1, 2", "is not JSON"), ('{"long_factor": [1]}', "must hold a JSON list of numbers"),
-    ('["a"]', "must hold a JSON list of numbers"), ("[]", "must hold a JSON list of numbers"),
-    ("[1, -2, 1, 1, 1, 1, 1, 1]", "must be positive numbers"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "cannot read"),
+        ("[1, 2", "is not JSON"),
+        ('{"long_factor": [1]}', "must hold a JSON list of numbers"),
+        ('["a"]', "must hold a JSON list of numbers"),
+        ("[]", "must hold a JSON list of numbers"),
+        ("[1, -2, 1, 1, 1, 1, 1, 1]", "must be positive numbers"),
+    ],
+)
 def test_a_bad_factor_file_is_one_line(tiny_dir, tmp_path, capsys, content, message):
     path = tmp_path / "factors.json"
     if content is not None:
@@ -217,12 +237,35 @@ def test_a_bad_factor_file_is_one_line(tiny_dir, tmp_path, capsys, content, mess
 def test_tune_searches_longrope_and_auto_takes_it(tiny_eval_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CTXEXT_CACHE", str(tmp_path / "cache"))
     budgets = []  # the budget reaches the plan; a fixed plan keeps the test's time off the machine's speed
-    monkeypatch.setattr(lrs, "plan_for_budget",
-                        lambda minutes, seconds: budgets.append(minutes) or lrs.SearchPlan(8, 2))
+    monkeypatch.setattr(
+        lrs, "plan_for_budget", lambda minutes, seconds: budgets.append(minutes) or lrs.SearchPlan(8, 2)
+    )
     out = tmp_path / "tune"
-    assert main(["tune", str(tiny_eval_dir), "--target-length", "400", "--short-length", "300", "--methods",
-                 "longrope,rerope", "--tasks", "passkey", "--depths", "0.5", "--search-minutes", "0.05",
-                 "--search-windows", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                str(tiny_eval_dir),
+                "--target-length",
+                "400",
+                "--short-length",
+                "300",
+                "--methods",
+                "longrope,rerope",
+                "--tasks",
+                "passkey",
+                "--depths",
+                "0.5",
+                "--search-minutes",
+                "0.05",
+                "--search-windows",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert budgets == [0.05] and "longrope search at 400 tokens (1 window(s))" in printed
     assert "longrope search: population 8, 2 iterations, 16 candidates" in printed
@@ -231,34 +274,66 @@ def test_tune_searches_longrope_and_auto_takes_it(tiny_eval_dir, tmp_path, capsy
     row = next(r for r in data["ranking"] if r["label"] == tune_module.SEARCH_LABEL)
     assert row["params"] == {"long_factor": factors} and len(factors) == 8 and factors == sorted(factors)
     assert row["perplexity"] is not None and row["search"]["perplexity"] <= min(row["search"]["start"].values())
-    assert data["config_only_winner"] == {"method": "longrope", "params": {"long_factor": factors},
-                                          "label": tune_module.SEARCH_LABEL}  # rerope needs ctxext to load
+    assert data["config_only_winner"] == {
+        "method": "longrope",
+        "params": {"long_factor": factors},
+        "label": tune_module.SEARCH_LABEL,
+    }  # rerope needs ctxext to load
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert sum(r["method"] == lrs.LABEL for r in records) == row["search"]["candidates"]
 
     # ctxext patch --method auto is config-only: it takes the searched longrope, the tune winner or not
-    assert main(["patch", str(tiny_eval_dir), "--method", "auto", "--target-length", "400", "--output",
-                 str(tmp_path / "patched")]) == 0
+    assert (
+        main(
+            [
+                "patch",
+                str(tiny_eval_dir),
+                "--method",
+                "auto",
+                "--target-length",
+                "400",
+                "--output",
+                str(tmp_path / "patched"),
+            ]
+        )
+        == 0
+    )
     saved = json.loads((tmp_path / "patched" / "config.json").read_text())
     assert saved["ctxext"]["method"] == "longrope" and saved["rope_parameters"]["long_factor"] == factors
     assert "best config-only candidate" in saved["ctxext"]["auto"]["reason"]
 
     # a rerun finds everything in the log and the cache, and writes the factors file again
     monkeypatch.setattr(tune_module, "load_model", lambda config: pytest.fail("the model was loaded"))
-    again = tune_module.tune(tiny_eval_dir, 400, out=tmp_path / "again", methods=["longrope", "rerope"],
-                             short_length=300, tasks=["passkey"], depths=[0.5])
+    again = tune_module.tune(
+        tiny_eval_dir,
+        400,
+        out=tmp_path / "again",
+        methods=["longrope", "rerope"],
+        short_length=300,
+        tasks=["passkey"],
+        depths=[0.5],
+    )
     assert again.cached and json.loads((tmp_path / "again" / tune_module.FACTORS_FILE).read_text()) == factors
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--methods", "yarn", "--search-minutes", "5"], "--search-minutes is a setting of the longrope search"),
-    (["--methods", "yarn", "--search-windows", "1"], "--search-windows is a setting of the longrope search"),
-    (["--methods", "longrope", "--search-minutes", "0"], "--search-minutes must be a positive number"),
-    (["--methods", "longrope", "--search-windows", "0"], "--search-windows must be a whole number of at least 1"),
-])
-def test_bad_search_settings_are_one_line_before_the_model_loads(tiny_eval_dir, tmp_path, capsys, monkeypatch,
-                                                                 extra, message):
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "yarn", "--search-minutes", "5"], "--search-minutes is a setting of the longrope search"),
+        (["--methods", "yarn", "--search-windows", "1"], "--search-windows is a setting of the longrope search"),
+        (["--methods", "longrope", "--search-minutes", "0"], "--search-minutes must be a positive number"),
+        (["--methods", "longrope", "--search-windows", "0"], "--search-windows must be a whole number of at least 1"),
+    ],
+)
+def test_bad_search_settings_are_one_line_before_the_model_loads(
+    tiny_eval_dir, tmp_path, capsys, monkeypatch, extra, message
+):
     out = tmp_path / "tune"
-    assert_refused_before_loading(monkeypatch, capsys, tune_module,
-                                  ["tune", str(tiny_eval_dir), "--target-length", "400", "--out", str(out), *extra],
-                                  out, message)
+    assert_refused_before_loading(
+        monkeypatch,
+        capsys,
+        tune_module,
+        ["tune", str(tiny_eval_dir), "--target-length", "400", "--out", str(out), *extra],
+        out,
+        message,
+    )

@@ -22,12 +22,26 @@ def _config(head_dim: int, partial: float, rope_parameters: dict | None = None, 
     heads = 2
     rope = {"rope_type": "default", "rope_theta": THETA, **(rope_parameters or {})}
     if partial == 1.0:
-        return LlamaConfig(hidden_size=head_dim * heads, num_attention_heads=heads, num_key_value_heads=1,
-                           intermediate_size=32, num_hidden_layers=1, vocab_size=32, max_position_embeddings=max_pos,
-                           rope_parameters=rope)
-    return GPTNeoXConfig(hidden_size=head_dim * heads, num_attention_heads=heads, intermediate_size=32,
-                         num_hidden_layers=1, vocab_size=32, max_position_embeddings=max_pos, rotary_pct=partial,
-                         rope_parameters={**rope, "partial_rotary_factor": partial})
+        return LlamaConfig(
+            hidden_size=head_dim * heads,
+            num_attention_heads=heads,
+            num_key_value_heads=1,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            vocab_size=32,
+            max_position_embeddings=max_pos,
+            rope_parameters=rope,
+        )
+    return GPTNeoXConfig(
+        hidden_size=head_dim * heads,
+        num_attention_heads=heads,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        vocab_size=32,
+        max_position_embeddings=max_pos,
+        rotary_pct=partial,
+        rope_parameters={**rope, "partial_rotary_factor": partial},
+    )
 
 
 def _rotary(model):
@@ -41,10 +55,20 @@ FACTORS = [1.5, 2.0, 4.0, 8.0]
 TRANSFORMERS_TYPES = {
     "pi": ({}, lambda s: {"rope_type": "linear", "factor": s}),
     "yarn": ({}, lambda s: {"rope_type": "yarn", "factor": s, "original_max_position_embeddings": L}),
-    "llama3": ({}, lambda s: {"rope_type": "llama3", "factor": s, "original_max_position_embeddings": L,
-                              "low_freq_factor": 1.0, "high_freq_factor": 4.0}),
-    "longrope": ({"long_factor": 3.0, "short_factor": 1.0},
-                 lambda s: {"rope_type": "longrope", "factor": s, "original_max_position_embeddings": L}),
+    "llama3": (
+        {},
+        lambda s: {
+            "rope_type": "llama3",
+            "factor": s,
+            "original_max_position_embeddings": L,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+        },
+    ),
+    "longrope": (
+        {"long_factor": 3.0, "short_factor": 1.0},
+        lambda s: {"rope_type": "longrope", "factor": s, "original_max_position_embeddings": L},
+    ),
 }
 
 
@@ -98,8 +122,16 @@ def test_ntk_equals_transformers_dynamic_at_target_length(factor, head_dim, part
 
 @pytest.mark.parametrize("length_factor", [1.0, 1.5, 3.0])
 def test_dynamic_yarn_is_yarn_at_the_current_length(length_factor):
-    config = _config(64, 1.0, {"rope_type": "ctxext_dynamic_yarn", "original_max_position_embeddings": L,
-                               "beta_fast": 32.0, "beta_slow": 1.0})
+    config = _config(
+        64,
+        1.0,
+        {
+            "rope_type": "ctxext_dynamic_yarn",
+            "original_max_position_embeddings": L,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+        },
+    )
     inv_freq, attention = compute_dynamic_yarn_parameters(config, "cpu", seq_len=int(L * length_factor))
     expected = yarn_inv_freq(THETA, 64, L, length_factor, 32.0, 1.0)
     assert torch.equal(inv_freq, expected)

@@ -17,8 +17,9 @@ from ctxext.checkpoint.config_json import BACKUP
 
 
 def modes(directory: Path) -> dict[str, tuple[bytes, int]]:
-    return {p.name: (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
-            for p in sorted(directory.iterdir()) if p.is_file()}
+    return {
+        p.name: (p.read_bytes(), stat.S_IMODE(p.stat().st_mode)) for p in sorted(directory.iterdir()) if p.is_file()
+    }
 
 
 def test_patch_directory_in_place_and_unpatch_give_the_original_back(tiny_dir):
@@ -97,9 +98,11 @@ def test_staged_folder_appears_whole_or_not_at_all(tmp_path):
 
 def _interrupt_right_after(function):
     """``function`` that does its work, then raises KeyboardInterrupt: a Ctrl-C the instant it returns."""
+
     def interrupted(*args, **kwargs):
         function(*args, **kwargs)
         raise KeyboardInterrupt
+
     return interrupted
 
 

@@ -47,17 +47,23 @@ def test_the_ladder():
 
 def _summary(scores: dict[int, tuple[float, float]], threshold: float = 85.6) -> dict:
     """The eval summary of hand-written records: length -> (passkey score, niah_single_1 score)."""
-    records = [{"method": BASELINE, "task": task, "length": length, "sample": 0, "depth": 0.5, "score": value}
-               for length, values in scores.items() for task, value in zip(TASKS, values)]
+    records = [
+        {"method": BASELINE, "task": task, "length": length, "sample": 0, "depth": 0.5, "score": value}
+        for length, values in scores.items()
+        for task, value in zip(TASKS, values)
+    ]
     return summarize(records, [BASELINE], TASKS, sorted(scores), [0.5], threshold)
 
 
-@pytest.mark.parametrize("scores, expected", [
-    ({1024: (100, 100), 2048: (100, 100)}, 2048),  # the whole ladder
-    ({1024: (100, 100), 2048: (100, 80), 3072: (50, 50), 4096: (100, 100)}, 2048),  # a dip, then recovery: stop
-    ({1024: (100, 71.2), 2048: (100, 100)}, None),  # a mean of exactly 85.6 is not above the threshold
-    ({1024: (0, 0), 2048: (100, 100)}, None),  # the shortest length fails already
-])
+@pytest.mark.parametrize(
+    "scores, expected",
+    [
+        ({1024: (100, 100), 2048: (100, 100)}, 2048),  # the whole ladder
+        ({1024: (100, 100), 2048: (100, 80), 3072: (50, 50), 4096: (100, 100)}, 2048),  # a dip, then recovery: stop
+        ({1024: (100, 71.2), 2048: (100, 100)}, None),  # a mean of exactly 85.6 is not above the threshold
+        ({1024: (0, 0), 2048: (100, 100)}, None),  # the shortest length fails already
+    ],
+)
 def test_effective_length_follows_the_eval_summary_rule(scores, expected):
     per_task, average, found = read_summary(_summary(scores), TASKS, sorted(scores))
     assert found == expected
@@ -66,22 +72,48 @@ def test_effective_length_follows_the_eval_summary_rule(scores, expected):
 
 
 def test_the_printed_result_says_where_e_stops():
-    result = ProbeResult(model="m", out=Path("probe-m"), context_length=2048, patch=None, lengths=[1024, 2048],
-                         tasks=TASKS, depths=[0, 1], samples=2, threshold=85.6,
-                         scores={"passkey": {1024: 100.0, 2048: 100.0}, "niah_single_1": {1024: 100.0, 2048: 75.0}},
-                         average={1024: 100.0, 2048: 87.5}, effective_length=2048, seconds=1.0, generation_seconds=0.5,
-                         heatmap=None, report=Path("probe-m/report.md"))
+    result = ProbeResult(
+        model="m",
+        out=Path("probe-m"),
+        context_length=2048,
+        patch=None,
+        lengths=[1024, 2048],
+        tasks=TASKS,
+        depths=[0, 1],
+        samples=2,
+        threshold=85.6,
+        scores={"passkey": {1024: 100.0, 2048: 100.0}, "niah_single_1": {1024: 100.0, 2048: 75.0}},
+        average={1024: 100.0, 2048: 87.5},
+        effective_length=2048,
+        seconds=1.0,
+        generation_seconds=0.5,
+        heatmap=None,
+        report=Path("probe-m/report.md"),
+    )
     lines = result.lines()
-    assert lines[1:4] == ["length  passkey  niah_single_1   mean", "  1024    100.0          100.0  100.0",
-                          "  2048    100.0           75.0   87.5"]
+    assert lines[1:4] == [
+        "length  passkey  niah_single_1   mean",
+        "  1024    100.0          100.0  100.0",
+        "  2048    100.0           75.0   87.5",
+    ]
     assert lines[4] == "effective length: 2048 tokens, the whole ladder (mean above 85.6 at every length)"
     assert "4 prompts per task and length (2 depths x 2 keys)" in lines[0]
 
 
 def test_probe_on_a_tiny_model_end_to_end_then_resumes(tiny_eval_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "probe"
-    args = ["probe", str(tiny_eval_dir), "--lengths", ",".join(map(str, LENGTHS)), "--samples", "1", "--depths", "0,1",
-            "--out", str(out)]
+    args = [
+        "probe",
+        str(tiny_eval_dir),
+        "--lengths",
+        ",".join(map(str, LENGTHS)),
+        "--samples",
+        "1",
+        "--depths",
+        "0,1",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "context length 64 (native); 2 prompts per task and length (2 depths x 1 key)" in printed
@@ -101,8 +133,11 @@ def test_probe_on_a_tiny_model_end_to_end_then_resumes(tiny_eval_dir, tmp_path, 
 
     calls = []
     real = TransformersBackend.generate
-    monkeypatch.setattr(TransformersBackend, "generate", lambda self, sample: calls.append((sample.task, sample.length))
-                        or real(self, sample))
+    monkeypatch.setattr(
+        TransformersBackend,
+        "generate",
+        lambda self, sample: calls.append((sample.task, sample.length)) or real(self, sample),
+    )
     again = ctxext.probe(tiny_eval_dir, out=out, lengths=LENGTHS, samples=1, depths=[0, 1])
     assert calls == [] and again.effective_length is None  # everything was in the records
     more = probe(tiny_eval_dir, out=out, lengths=[*LENGTHS, 650], samples=1, depths=[0, 1], tasks=["passkey"])
@@ -112,9 +147,11 @@ def test_probe_on_a_tiny_model_end_to_end_then_resumes(tiny_eval_dir, tmp_path, 
 
 def _oracle(longest_right: int, seen: list):
     """A stand-in for generation: right up to ``longest_right`` tokens, wrong beyond; notes the model's record."""
+
     def generate(backend, sample):
         seen.append(ExtensionRecord.of(backend.model.config))
         return (" ".join(sample.references) if sample.length <= longest_right else ""), sample.n_tokens
+
     return generate
 
 
@@ -143,8 +180,16 @@ def test_record_stores_e_in_a_patched_directory_and_info_shows_it(tiny_eval_dir,
 
 
 def test_the_record_field_round_trips_and_old_records_load(tiny_dir):
-    record = ExtensionRecord(method="yarn", factor=2.0, original_length=64, target_length=128, params={},
-                             rope_layer_types=None, replaced={"max_position_embeddings": 64}, version="0.1.0")
+    record = ExtensionRecord(
+        method="yarn",
+        factor=2.0,
+        original_length=64,
+        target_length=128,
+        params={},
+        rope_layer_types=None,
+        replaced={"max_position_embeddings": 64},
+        version="0.1.0",
+    )
     old = record.to_dict()
     assert "effective_length" not in old  # records without a measurement are written as before
     assert ExtensionRecord.from_dict(old) == record and record.effective_length is None
@@ -158,19 +203,23 @@ def test_the_record_field_round_trips_and_old_records_load(tiny_dir):
     assert not any(label == "effective length" for label, _ in describe(tiny_dir))
 
 
-@pytest.mark.parametrize("extra, message", [
-    ([], "no length of the ladder (8, 16, 32, 48, 64 tokens, from the context length 64) is long enough"),
-    (["--beyond", "1"], "--beyond is a multiple of the context length above 1"),
-    (["--lengths", "100"], "length 100 is too short for"),
-    (["--lengths", "600", "--record"], "config.json carries no ctxext patch to record the effective length in"),
-    (["--lengths", "600", "--samples", "0"], "--samples must be a whole number of at least 1"),
-    (["--lengths", "600", "--threshold", "101"], "--threshold is a score between 0 and 100"),
-    (["--lengths", "600", "--depths", "random"], "--depths must be comma-separated numbers in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "no length of the ladder (8, 16, 32, 48, 64 tokens, from the context length 64) is long enough"),
+        (["--beyond", "1"], "--beyond is a multiple of the context length above 1"),
+        (["--lengths", "100"], "length 100 is too short for"),
+        (["--lengths", "600", "--record"], "config.json carries no ctxext patch to record the effective length in"),
+        (["--lengths", "600", "--samples", "0"], "--samples must be a whole number of at least 1"),
+        (["--lengths", "600", "--threshold", "101"], "--threshold is a score between 0 and 100"),
+        (["--lengths", "600", "--depths", "random"], "--depths must be comma-separated numbers in [0, 1]"),
+    ],
+)
 def test_bad_input_is_one_line_before_the_model_loads(tiny_eval_dir, tmp_path, capsys, monkeypatch, extra, message):
     out = tmp_path / "probe"
-    assert_refused_before_loading(monkeypatch, capsys, runner, ["probe", str(tiny_eval_dir), "--out", str(out), *extra],
-                                  out, message)
+    assert_refused_before_loading(
+        monkeypatch, capsys, runner, ["probe", str(tiny_eval_dir), "--out", str(out), *extra], out, message
+    )
 
 
 def test_bad_library_arguments(tiny_eval_dir):

@@ -40,8 +40,9 @@ MS_POE_DAMAGE = pytest.mark.xfail(
 )
 
 
-@pytest.mark.parametrize("method", ["dca", "string", "lm-infinite", pytest.param("ms-poe", marks=MS_POE_DAMAGE),
-                                    "self-extend"])
+@pytest.mark.parametrize(
+    "method", ["dca", "string", "lm-infinite", pytest.param("ms-poe", marks=MS_POE_DAMAGE), "self-extend"]
+)
 def test_attention_methods_keep_passkey_at_1_5k_tokens(smollm2, method):
     model, tokenizer = smollm2
     ctxext.extend(model, method, factor=2)
@@ -87,8 +88,23 @@ print(json.dumps(rope))
 
 def test_cli_patches_the_gguf_into_a_directory_stock_transformers_loads(tmp_path):
     out = tmp_path / "smollm2-yarn2"
-    subprocess.run([sys.executable, "-m", "ctxext.cli", "patch", "--method", "yarn", "--factor", "2",
-                    "--output", str(out), "smollm2"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ctxext.cli",
+            "patch",
+            "--method",
+            "yarn",
+            "--factor",
+            "2",
+            "--output",
+            str(out),
+            "smollm2",
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert (out / "model.safetensors").exists() and (out / "config.json").exists()
     result = subprocess.run([sys.executable, "-c", STOCK_LOAD, str(out)], check=True, capture_output=True, text=True)
     assert '"original_max_position_embeddings": 8192' in result.stdout

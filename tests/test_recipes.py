@@ -104,8 +104,12 @@ def test_jumping_position_ids_reach_the_rotary_module_and_keep_the_causal_mask()
     with torch.no_grad():
         whole = model(input_ids=ids, position_ids=positions, attention_mask=torch.ones_like(ids)).logits
         first = model(input_ids=ids[:, :10], position_ids=positions[:, :10], use_cache=True)
-        second = model(input_ids=ids[:, 10:], position_ids=positions[:, 10:],
-                       **{cache_keyword(model): returned_cache(first)}, attention_mask=torch.ones_like(ids)).logits
+        second = model(
+            input_ids=ids[:, 10:],
+            position_ids=positions[:, 10:],
+            **{cache_keyword(model): returned_cache(first)},
+            attention_mask=torch.ones_like(ids),
+        ).logits
         dense = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         no_mask = model(input_ids=ids, position_ids=positions, use_cache=False).logits
     assert torch.allclose(whole, torch.cat([first.logits, second], dim=1), atol=1e-5)

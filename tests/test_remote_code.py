@@ -61,11 +61,14 @@ def test_a_users_module_of_that_name_is_left_alone(tiny_dir, tmp_path):
     assert (model / MODULE).read_text() == "# my own code\n"
 
 
-@pytest.mark.parametrize("method,kwargs,message", [
-    ("yarn", {}, "loads in stock transformers from config.json alone"),
-    ("auto", {}, "needs an attention-level method of its own"),
-    ("rerope", {"remote_code": "yes"}, "remote_code must be true or false"),
-])
+@pytest.mark.parametrize(
+    "method,kwargs,message",
+    [
+        ("yarn", {}, "loads in stock transformers from config.json alone"),
+        ("auto", {}, "needs an attention-level method of its own"),
+        ("rerope", {"remote_code": "yes"}, "remote_code must be true or false"),
+    ],
+)
 def test_remote_code_where_it_has_no_use_is_refused(tiny_dir, tmp_path, method, kwargs, message):
     before = (tiny_dir / "config.json").read_bytes()
     with pytest.raises(CtxextError, match=message):

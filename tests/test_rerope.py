@@ -28,16 +28,20 @@ def _reference(family: str, params: dict):
     return model
 
 
-@pytest.mark.parametrize("params", [PLAIN, dict(window=1), dict(window=12, leaky=16.0), dict(PLAIN, log_scaling=False)],
-                         ids=["plain", "window1", "leaky16", "plain-no-log"])
+@pytest.mark.parametrize(
+    "params",
+    [PLAIN, dict(window=1), dict(window=12, leaky=16.0), dict(PLAIN, log_scaling=False)],
+    ids=["plain", "window1", "leaky16", "plain-no-log"],
+)
 @pytest.mark.parametrize("family", ["llama", "gpt_neox", "phi3"])
 @pytest.mark.parametrize("length", [37, 150])
 def test_matches_dense_reference(params, family, length, block):
     if params.get("window") == 1 and (family != "llama" or block != 16):
         pytest.skip("window 1 runs one query per block: once is enough")
     ids = tokens(length, batch=2)
-    torch.testing.assert_close(logits(_extended(family, params), ids), logits(_reference(family, params), ids),
-                               atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        logits(_extended(family, params), ids), logits(_reference(family, params), ids), atol=2e-4, rtol=1e-4
+    )
 
 
 def test_plain_cached_generate_equals_recomputing_the_prefix():

@@ -23,21 +23,36 @@ def grid():
 
 
 def _args(model, queue: Path, out: Path, **extra) -> Namespace:
-    return Namespace(model=str(model), queue=str(queue), out=str(out), dtype="float32", device="cpu", seed=0,
-                     threads=0, deadline_minutes=0, **extra)
+    return Namespace(
+        model=str(model),
+        queue=str(queue),
+        out=str(out),
+        dtype="float32",
+        device="cpu",
+        seed=0,
+        threads=0,
+        deadline_minutes=0,
+        **extra,
+    )
 
 
 def test_a_queue_runs_resumes_and_tabulates(grid, tiny_eval_dir, tmp_path, capsys):
     queue = tmp_path / "queue.txt"
-    queue.write_text("# rows x lengths\nunpatched 600 passkey 2\nyarn 700 passkey,niah_single_2 2\n"
-                     "self-extend 700 passkey 1\n")
+    queue.write_text(
+        "# rows x lengths\nunpatched 600 passkey 2\nyarn 700 passkey,niah_single_2 2\nself-extend 700 passkey 1\n"
+    )
     out = tmp_path / "grid"
     grid.run(_args(tiny_eval_dir, queue, out))
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert [(r["row"], r["task"], r["length"], r["sample"]) for r in records] == [
-        ("unpatched", "passkey", 600, 0), ("unpatched", "passkey", 600, 1),
-        ("yarn", "passkey", 700, 0), ("yarn", "passkey", 700, 1),
-        ("yarn", "niah_single_2", 700, 0), ("yarn", "niah_single_2", 700, 1), ("self-extend", "passkey", 700, 0)]
+        ("unpatched", "passkey", 600, 0),
+        ("unpatched", "passkey", 600, 1),
+        ("yarn", "passkey", 700, 0),
+        ("yarn", "passkey", 700, 1),
+        ("yarn", "niah_single_2", 700, 0),
+        ("yarn", "niah_single_2", 700, 1),
+        ("self-extend", "passkey", 700, 0),
+    ]
     yarn = records[2]
     assert yarn["method"] == "yarn" and yarn["target_length"] == 700 and yarn["peak_mib"] > 0
     assert records[0]["method"] == "unpatched" and records[0]["target_length"] is None

@@ -44,8 +44,16 @@ def test_save_and_reload_with_ctxext(method, tmp_path):
     assert torch.equal(logits(reloaded, ids), logits(make_model("llama"), ids))
 
 
-@pytest.mark.parametrize("family,method", [("gemma3_text", "yarn"), ("phi3", "longrope"), ("gpt_neox", "yarn"),
-                                           ("qwen3", "dynamic-yarn"), ("mistral", "llama3")])
+@pytest.mark.parametrize(
+    "family,method",
+    [
+        ("gemma3_text", "yarn"),
+        ("phi3", "longrope"),
+        ("gpt_neox", "yarn"),
+        ("qwen3", "dynamic-yarn"),
+        ("mistral", "llama3"),
+    ],
+)
 def test_save_and_reload_other_families(family, method, tmp_path):
     model = _extended(family, method)
     ids = tokens(3 * NATIVE)
@@ -59,6 +67,9 @@ def test_stock_transformers_reload_without_ctxext(method, tmp_path):
     ids = tokens(3 * NATIVE)
     model.save_pretrained(tmp_path / "model")
     torch.save(ids, tmp_path / "ids.pt")
-    subprocess.run([sys.executable, "-c", STOCK_LOAD, str(tmp_path / "model"), str(tmp_path / "ids.pt"),
-                    str(tmp_path / "out.pt")], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", STOCK_LOAD, str(tmp_path / "model"), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
+        check=True,
+        capture_output=True,
+    )
     assert torch.equal(torch.load(tmp_path / "out.pt"), logits(model, ids))

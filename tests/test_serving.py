@@ -96,8 +96,10 @@ def test_pi_rope_does_not_depend_on_max_position_embeddings(patched, tmp_path):
     shutil.copytree(directory, low)
     (low / "config.json").write_text(json.dumps({**data, "max_position_embeddings": NATIVE}))
     ids = tokens(TARGET)
-    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(directory).eval(), ids),
-                       logits(AutoModelForCausalLM.from_pretrained(low).eval(), ids))
+    assert torch.equal(
+        logits(AutoModelForCausalLM.from_pretrained(directory).eval(), ids),
+        logits(AutoModelForCausalLM.from_pretrained(low).eval(), ids),
+    )
     assert engine_view(json.loads((low / "config.json").read_text()))[VLLM].max_length == TARGET
 
 
@@ -129,17 +131,23 @@ def test_patch_result_serve_commands(patched):
 
 
 def test_serve_commands_long_target_needs_the_engine_override():
-    config = {"max_position_embeddings": 64, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
-              "ctxext": {"method": "ntk", "target_length": 128}}
+    config = {
+        "max_position_embeddings": 64,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
+        "ctxext": {"method": "ntk", "target_length": 128},
+    }
     lines = serve_commands(config, "M")
     assert lines[1] == "vLLM: VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 vllm serve M --max-model-len 128"
     assert lines[2].startswith("SGLang: SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 ")
 
 
 def test_sglang_dca_note_for_qwen_without_the_engine_config():
-    config = {"model_type": "qwen2", "max_position_embeddings": 64,
-              "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
-              "ctxext": {"method": "dca", "target_length": 128}}
+    config = {
+        "model_type": "qwen2",
+        "max_position_embeddings": 64,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
+        "ctxext": {"method": "dca", "target_length": 128},
+    }
     views = engine_view(config)
     assert "dual_chunk_attention_config" in views[SGL].note
     assert "dual_chunk_attention_config" not in views[VLLM].note
@@ -165,13 +173,18 @@ def test_engine_config_sglang_writes_dual_chunk_attention_config_for_qwen_dca(qw
     result = ctxext.patch(qwen_dir, "dca", factor=2, output=out, engine_config="sglang", chunk_size=40)
     written = json.loads((out / "config.json").read_text())
     # chunk_size c and local window w (default L/8) under SGLang's names: chunks of c - w tokens in both
-    assert written["dual_chunk_attention_config"] == {"chunk_size": 40, "local_size": NATIVE // 8,
-                                                      "original_max_position_embeddings": NATIVE}
+    assert written["dual_chunk_attention_config"] == {
+        "chunk_size": 40,
+        "local_size": NATIVE // 8,
+        "original_max_position_embeddings": NATIVE,
+    }
     views = engine_view(written)
     assert views[SGL].extended and "SGLang's own Dual Chunk Attention" in views[SGL].note
     assert not views[VLLM].extended and not views["transformers-5"].extended
-    assert result.serve_commands[-1] == ("SGLang: SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 python -m "
-                                         f"sglang.launch_server --model-path {out} --context-length {2 * NATIVE}")
+    assert result.serve_commands[-1] == (
+        "SGLang: SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 python -m "
+        f"sglang.launch_server --model-path {out} --context-length {2 * NATIVE}"
+    )
     # ctxext reloads the same DCA patch; transformers ignores the engine section
     ids = tokens(2 * NATIVE)
     reference = ctxext.extend(make_model("qwen2"), "dca", factor=2, chunk_size=40)
@@ -190,14 +203,17 @@ def test_unpatch_drops_the_engine_section_with_or_without_the_kept_original(qwen
     assert "dual_chunk_attention_config" not in restored and "ctxext" not in restored
 
 
-@pytest.mark.parametrize("family,method,options,message", [
-    ("llama", "dca", {}, "qwen2, qwen2_moe, qwen3, qwen3_moe models only"),
-    ("qwen2", "yarn", {}, "needs --method dca"),
-    ("qwen2", "dca", {"temperature": True}, "no temperature"),
-    ("qwen2", "dca", {"log_scaling": True}, "no log_scaling"),
-    ("qwen2", "auto", {}, "not auto"),
-    ("qwen2", "dca", {"engine_config": "vllm"}, "unknown engine config"),
-])
+@pytest.mark.parametrize(
+    "family,method,options,message",
+    [
+        ("llama", "dca", {}, "qwen2, qwen2_moe, qwen3, qwen3_moe models only"),
+        ("qwen2", "yarn", {}, "needs --method dca"),
+        ("qwen2", "dca", {"temperature": True}, "no temperature"),
+        ("qwen2", "dca", {"log_scaling": True}, "no log_scaling"),
+        ("qwen2", "auto", {}, "not auto"),
+        ("qwen2", "dca", {"engine_config": "vllm"}, "unknown engine config"),
+    ],
+)
 def test_engine_config_refusals_leave_the_directory_unchanged(tmp_path, family, method, options, message):
     make_model(family).save_pretrained(tmp_path / "m")
     before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}

@@ -40,13 +40,16 @@ def test_shifted_fraction_keeps_cached_decoding_equal_to_recomputation():
     assert torch.equal(generated, sequence)
 
 
-@pytest.mark.parametrize("params,message", [
-    (dict(shifted_fraction=0.3, shifted_offset=20), "not both"),
-    (dict(shifted_fraction=1.5), "between 0 and 1"),
-    (dict(shifted_fraction=0), "between 0 and 1"),
-    (dict(reference_scale="yes"), "true or false"),
-    (dict(reference_scale=True, log_scaling=True), "stack two temperatures"),
-])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        (dict(shifted_fraction=0.3, shifted_offset=20), "not both"),
+        (dict(shifted_fraction=1.5), "between 0 and 1"),
+        (dict(shifted_fraction=0), "between 0 and 1"),
+        (dict(reference_scale="yes"), "true or false"),
+        (dict(reference_scale=True, log_scaling=True), "stack two temperatures"),
+    ],
+)
 def test_bad_string_options_are_refused(params, message):
     model = make_model("llama")
     with pytest.raises(CtxextError, match=message):

@@ -58,7 +58,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (found := visit(target)):
                 return found
         state[node] = 2
@@ -115,7 +115,8 @@ def test_imports_only_go_down_the_layers():
 
 def test_the_layer_check_sees_an_upward_import():
     assert upward_imports({"ctxext.core.plan": {"ctxext.eval.runner"}, "ctxext.cli.eval": {"ctxext.core.plan"}}) == [
-        "ctxext.core.plan -> ctxext.eval.runner"]
+        "ctxext.core.plan -> ctxext.eval.runner"
+    ]
     assert upward_imports({"ctxext.model.extend": {"ctxext"}}) == ["ctxext.model.extend -> ctxext"]
 
 
@@ -123,23 +124,30 @@ def test_help_needs_neither_torch_nor_transformers():
     import subprocess
     import sys
 
-    code = "import sys; from ctxext.cli import build_parser; build_parser(only=''); " \
-           "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = (
+        "import sys; from ctxext.cli import build_parser; build_parser(only=''); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_every_module_says_what_it_is_for():
-    missing = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-               if not ast.get_docstring(ast.parse(p.read_text()))]
+    missing = [
+        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if not ast.get_docstring(ast.parse(p.read_text()))
+    ]
     assert not missing, f"modules without a docstring: {missing}"
 
 
 def test_the_lm_eval_task_functions_import_ctxext_absolutely():
     """lm-eval loads ``lm_eval_tasks/*.py`` as plain modules, outside the package: a relative import fails there."""
     folder = PACKAGE / "eval" / "lm_eval_tasks"
-    relative = [f"{p.name}:{node.lineno}" for p in folder.glob("*.py") for node in ast.walk(ast.parse(p.read_text()))
-                if isinstance(node, ast.ImportFrom) and node.level]
+    relative = [
+        f"{p.name}:{node.lineno}"
+        for p in folder.glob("*.py")
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level
+    ]
     assert relative == []
 
 
@@ -188,8 +196,11 @@ def test_the_test_import_check_sees_a_planted_violation():
         "support/c.py": "import test_cli, json\n",
         "test_d.py": "from support.models import NATIVE\nfrom support import cli_harness\nimport pytest\n",
     }
-    assert imports_of_test_modules(planted) == ["support/c.py: test_cli", "test_a.py: conftest",
-                                            "test_b.py: test_serving"]
+    assert imports_of_test_modules(planted) == [
+        "support/c.py: test_cli",
+        "test_a.py: conftest",
+        "test_b.py: test_serving",
+    ]
 
 
 def test_the_tests_directory_holds_only_test_modules_and_conftest():

@@ -48,8 +48,12 @@ def test_a_short_context_loss_ranks_below_every_candidate_without_one():
 
 
 def test_perplexity_breaks_ties_then_the_candidate_list_order():
-    rows = [_row("a", 0, 50.0, 100.0, 9.0), _row("b", 1, 50.0, 100.0, 3.0), _row("c", 2, 50.0, 100.0, None),
-            _row("d", 3, 50.0, 100.0, 3.0)]
+    rows = [
+        _row("a", 0, 50.0, 100.0, 9.0),
+        _row("b", 1, 50.0, 100.0, 3.0),
+        _row("c", 2, 50.0, 100.0, None),
+        _row("d", 3, 50.0, 100.0, 3.0),
+    ]
     assert [r.label for r in rank(rows, 100.0)] == ["b", "d", "a", "c"]
     errored = _row("e", 4, None, None)
     errored.error = "boom"
@@ -77,8 +81,27 @@ def test_candidates_and_auto_are_not_a_method():
 
 def test_tune_end_to_end_on_a_tiny_model_then_the_cache_answers(tiny_eval_dir, tmp_path, cache, monkeypatch, capsys):
     out = tmp_path / "tune"
-    assert main(["tune", str(tiny_eval_dir), "--target-length", "400", "--short-length", "300", "--methods",
-                 "yarn,ntk", "--tasks", "passkey", "--depths", "0.5", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                str(tiny_eval_dir),
+                "--target-length",
+                "400",
+                "--short-length",
+                "300",
+                "--methods",
+                "yarn,ntk",
+                "--tasks",
+                "passkey",
+                "--depths",
+                "0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "tune of " in printed and "retrieval@400" in printed and "winner: " in printed
     result = tune_module.TuneResult.from_dict(json.loads((out / "tune.json").read_text()), out, None)
@@ -155,19 +178,23 @@ def test_patch_auto_uses_a_cached_winner_and_old_records_still_load(tiny_dir, tm
     assert ExtensionRecord.from_dict(old).auto is None and "auto" not in ExtensionRecord.from_dict(old).to_dict()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--target-length", "64"], "is not beyond the native length 64"),
-    (["--target-length", "400", "--methods", "bogus"], "unknown method 'bogus'"),
-    (["--target-length", "400", "--methods", "auto"], "'auto' is what tune feeds"),
-    (["--target-length", "400", "--methods", "pi"], "tune has no candidates for pi"),
-    (["--target-length", "400", "--depths", "2"], "--depths"),
-    (["--target-length", "400", "--samples", "0"], "--samples must be a whole number of at least 1"),
-    (["--target-length", "400", "--short-length", "10"], "too short"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--target-length", "64"], "is not beyond the native length 64"),
+        (["--target-length", "400", "--methods", "bogus"], "unknown method 'bogus'"),
+        (["--target-length", "400", "--methods", "auto"], "'auto' is what tune feeds"),
+        (["--target-length", "400", "--methods", "pi"], "tune has no candidates for pi"),
+        (["--target-length", "400", "--depths", "2"], "--depths"),
+        (["--target-length", "400", "--samples", "0"], "--samples must be a whole number of at least 1"),
+        (["--target-length", "400", "--short-length", "10"], "too short"),
+    ],
+)
 def test_bad_input_is_one_line_before_the_model_loads(tiny_eval_dir, tmp_path, capsys, monkeypatch, extra, message):
     out = tmp_path / "tune"
-    assert_refused_before_loading(monkeypatch, capsys, tune_module,
-                                  ["tune", str(tiny_eval_dir), "--out", str(out), *extra], out, message)
+    assert_refused_before_loading(
+        monkeypatch, capsys, tune_module, ["tune", str(tiny_eval_dir), "--out", str(out), *extra], out, message
+    )
 
 
 def test_auto_on_a_checkpoint_with_its_own_attention_factor_leaves_log_scaling_off(monkeypatch, tmp_path):

@@ -9,9 +9,11 @@ import sys
 
 import llama_cpp
 
-PROMPT = ("There is a pass key hidden in this text. The pass key is 71432. Remember it. 71432 is the pass key. "
-          + "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. " * 8
-          + "What is the pass key? The pass key is")
+PROMPT = (
+    "There is a pass key hidden in this text. The pass key is 71432. Remember it. 71432 is the pass key. "
+    + "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. " * 8
+    + "What is the pass key? The pass key is"
+)
 lines: list[str] = []
 
 
@@ -29,8 +31,16 @@ for path in sys.argv[1:]:
     info = {}
     for line in "".join(lines).splitlines():
         if line.startswith("print_info:") and "=" in line:
-            key, value = line[len("print_info:"):].split("=", 1)
+            key, value = line[len("print_info:") :].split("=", 1)
             info[key.strip()] = value.strip()
-    print(json.dumps({"path": path, "print_info": info, "answer": answer,
-                      "metadata": {k: v for k, v in llm.metadata.items() if ".rope." in k or "context_length" in k}}))
+    print(
+        json.dumps(
+            {
+                "path": path,
+                "print_info": info,
+                "answer": answer,
+                "metadata": {k: v for k, v in llm.metadata.items() if ".rope." in k or "context_length" in k},
+            }
+        )
+    )
     llm.close()

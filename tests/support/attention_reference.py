@@ -118,7 +118,6 @@ class DenseReference:
             if self.method == "ms-poe":
                 dist, extra = self._ms_poe(module, q0[row], k0[row], p, allowed[row, 0], scaling)
             elif self.method == "block-retrieval":
-
                 assert bool(real.all()), "the block-retrieval reference takes rows without padding"
                 dist, extra = retrieval_distances(q0[row], k0[row], self.params, self.params["num_kv_heads"])
             else:
@@ -132,13 +131,15 @@ class DenseReference:
                     logit_scale = logit_scale * (0.05 * math.log(total / self.length) + 1) ** 2
             if self.method == "gali" and self.params.get("logit_interpolation", True):
                 weight = dist - dist.floor()
-                logits = ((1 - weight) * self._scores(q0[row], k0[row], dist.floor(), logit_scale)
-                          + weight * self._scores(q0[row], k0[row], dist.ceil(), logit_scale))
+                logits = (1 - weight) * self._scores(
+                    q0[row], k0[row], dist.floor(), logit_scale
+                ) + weight * self._scores(q0[row], k0[row], dist.ceil(), logit_scale)
             else:
                 logits = self._scores(q0[row], k0[row], dist, logit_scale)
             if self.method == "lm-infinite" and self._retrieves(module):
-                logits, extra = self._lm_infinite_top_k(q0[row], k0[row], p, allowed[row, 0], logits, extra,
-                                                        logit_scale)
+                logits, extra = self._lm_infinite_top_k(
+                    q0[row], k0[row], p, allowed[row, 0], logits, extra, logit_scale
+                )
             if self.params.get("log_scaling"):  # log-n: the query at position p times max(1, ln(p+1)/ln L)
                 logits = logits * (torch.log(p.double() + 1) / math.log(self.length)).clamp(min=1).float()[:, None]
             if self.method == "gali" and self.params.get("noise", True):
@@ -211,8 +212,13 @@ class DenseReference:
 
 def install(model, method: str, params: dict) -> None:
     rotary = model.model.rotary_emb if hasattr(model, "model") else model.gpt_neox.rotary_emb
-    reference = DenseReference(method, params, model.config.max_position_embeddings, rotary.inv_freq,
-                               float(getattr(rotary, "attention_scaling", 1.0)))
+    reference = DenseReference(
+        method,
+        params,
+        model.config.max_position_embeddings,
+        rotary.inv_freq,
+        float(getattr(rotary, "attention_scaling", 1.0)),
+    )
     AttentionInterface.register(NAME, reference)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     model.set_attn_implementation(NAME)
@@ -234,8 +240,9 @@ def retrieval_distances(q0, k0, params: dict, kv_heads: int):
             heads = slice(h * group, (h + 1) * group)
             chosen = []
             if seen:
-                means = torch.stack([k[h * group, sinks + b * size : sinks + (b + 1) * size].mean(0)
-                                     for b in range(seen)])
+                means = torch.stack(
+                    [k[h * group, sinks + b * size : sinks + (b + 1) * size].mean(0) for b in range(seen)]
+                )
                 chosen = sorted((q[heads, i].sum(0) @ means.T).topk(min(top_k, seen)).indices.tolist())
             for j in range(min(sinks, i + 1)):
                 distance[heads, i, j] = (i - local) + len(chosen) * size + sinks - j

@@ -25,8 +25,10 @@ BAD_MODELS = [
 
 def wrong_vocabulary(vocab_size: int) -> tuple[str, str]:
     """The row of ``{ws}/othervocab``: a tokenizer with ids beyond the model's vocabulary of ``vocab_size``."""
-    return ("{ws}/othervocab",
-            f"beyond the model's vocabulary of {vocab_size}: the tokenizer does not belong to this model")
+    return (
+        "{ws}/othervocab",
+        f"beyond the model's vocabulary of {vocab_size}: the tokenizer does not belong to this model",
+    )
 
 
 def plant_bad_models(root: Path, tokenizer, gpt2, vocab_size: int) -> None:

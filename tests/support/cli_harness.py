@@ -105,14 +105,25 @@ class CliServer:
         self.scratch = scratch
         self.count = 0
         env = {**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen([sys.executable, "-c", DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True, env=env, cwd=scratch)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", DRIVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=scratch,
+        )
 
     def run(self, *args, cwd: Path | None = None, timeout: float = 300) -> Result:
         self.count += 1
         out, err = self.scratch / f"{self.count}.out", self.scratch / f"{self.count}.err"
-        request = {"argv": [str(a) for a in args], "cwd": str(cwd or self.scratch), "stdout": str(out),
-                   "stderr": str(err), "timeout": timeout}
+        request = {
+            "argv": [str(a) for a in args],
+            "cwd": str(cwd or self.scratch),
+            "stdout": str(out),
+            "stderr": str(err),
+            "timeout": timeout,
+        }
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         reply = self.process.stdout.readline()

@@ -22,21 +22,41 @@ from transformers import (
 )
 
 NATIVE = 64  # native context length of the tiny models
-COMMON = dict(vocab_size=128, num_hidden_layers=2, intermediate_size=64, max_position_embeddings=NATIVE,
-              bos_token_id=1, eos_token_id=2, pad_token_id=0)
+COMMON = dict(
+    vocab_size=128,
+    num_hidden_layers=2,
+    intermediate_size=64,
+    max_position_embeddings=NATIVE,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 
 FAMILIES = {
     "llama": lambda: LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **COMMON),
-    "mistral": lambda: MistralConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                     sliding_window=None, **COMMON),
+    "mistral": lambda: MistralConfig(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=None, **COMMON
+    ),
     "qwen2": lambda: Qwen2Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **COMMON),
     "qwen3": lambda: Qwen3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32, **COMMON),
-    "phi3": lambda: Phi3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                               partial_rotary_factor=0.5, original_max_position_embeddings=NATIVE, **COMMON),
+    "phi3": lambda: Phi3Config(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        partial_rotary_factor=0.5,
+        original_max_position_embeddings=NATIVE,
+        **COMMON,
+    ),
     "gpt_neox": lambda: GPTNeoXConfig(hidden_size=64, num_attention_heads=4, rotary_pct=0.25, **COMMON),
-    "gemma3_text": lambda: Gemma3TextConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
-                                            sliding_window=16, **{**COMMON, "num_hidden_layers": 3},
-                                            layer_types=["sliding_attention", "sliding_attention", "full_attention"]),
+    "gemma3_text": lambda: Gemma3TextConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=16,
+        **{**COMMON, "num_hidden_layers": 3},
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+    ),
 }
 
 
@@ -92,8 +112,9 @@ def word_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"])
     tok.train_from_iterator([" ".join(WORDS)], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def save_tiny_eval_checkpoint(path):
@@ -110,7 +131,11 @@ def save_tiny_eval_checkpoint(path):
 def yarn_checkpoint(factor: float = 2.0):
     """A tiny Llama whose own config ships YaRN scaling (like a Qwen or Llama-3 checkpoint would)."""
     config = FAMILIES["llama"]()
-    config.rope_parameters = {"rope_type": "yarn", "factor": factor, "rope_theta": 10000.0,
-                              "original_max_position_embeddings": NATIVE}
+    config.rope_parameters = {
+        "rope_type": "yarn",
+        "factor": factor,
+        "rope_theta": 10000.0,
+        "original_max_position_embeddings": NATIVE,
+    }
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
