@@ -65,8 +65,11 @@ test-oldest-transformers: $(OLDEST)/.built
 	$(OLDEST)/bin/python -m pytest -q
 
 demo: install
-	# before/after: unpatched vs ReRoPE (log-n scaling), passkey and perplexity at 4k (native 8k) and 10k (beyond it)
-	$(VENV)/bin/ctxext eval smollm2 --method rerope --log-scaling true --factor 2 --tasks passkey,ppl --lengths 4k,10k \
+	# before/after at 16k, twice SmolLM2's native 8k, where the unpatched model fails: single-needle retrieval in
+	# real prose (2 prompts, needle at 25% and 75%) and one perplexity window, unpatched vs what --method auto
+	# picks (the fixed rule, or your cached 'ctxext tune' winner); about 15 minutes on 2 cores. The full table
+	# with 10 prompts per cell: BENCHMARKS.md, "Retrieval in real prose".
+	$(VENV)/bin/ctxext eval smollm2 --method auto --target-length 16384 --tasks niah_single_2,ppl --lengths 16k \
 		--samples 2 --depths 0.25,0.75 --out build/demo
 
 clean:

@@ -199,3 +199,49 @@ def test_engine_config_misuse_is_refused_in_one_line_and_changes_nothing(tiny_di
     before = tree(tiny_dir)
     assert_one_line_error(run_cli("patch", *extra, "--factor", "2", "--engine-config", "sglang", tiny_dir), message)
     assert tree(tiny_dir) == before
+
+
+# -- the backup proves it is the original -----------------------------------------------------
+def test_patch_refuses_to_start_beside_a_backup_it_did_not_write(tiny_dir):
+    (tiny_dir / BACKUP).write_text('{"my": "notes"}\n')
+    before = tree(tiny_dir)
+    assert_one_line_error(run_cli("patch", "--method", "yarn", "--factor", "2", tiny_dir), "ctxext did not write")
+    assert tree(tiny_dir) == before
+
+
+def test_unpatch_refuses_a_swapped_backup_whose_fields_agree(patched_dir):
+    backup = patched_dir / BACKUP
+    backup.write_text(json.dumps({**json.loads(backup.read_text()), "my": "notes"}))  # same lengths and base
+    before = tree(patched_dir)
+    assert_one_line_error(run_cli("unpatch", patched_dir), "its sha256 differs from the patch record's")
+    assert tree(patched_dir) == before
+
+
+def test_unpatch_refuses_to_drop_edits_made_after_the_patch(patched_dir):
+    config = patched_dir / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "torch_dtype": "bfloat16", "my_field": 1}))
+    before = tree(patched_dir)
+    assert_one_line_error(run_cli("unpatch", patched_dir), "was edited after the patch (my_field, torch_dtype)")
+    assert tree(patched_dir) == before
+
+
+def test_the_record_carries_the_backups_sha256_and_the_keys_the_patch_added(patched_dir):
+    record = json.loads((patched_dir / "config.json").read_text())["ctxext"]
+    assert record["original_sha256"] == hashlib.sha256((patched_dir / BACKUP).read_bytes()).hexdigest()
+    original = json.loads((patched_dir / BACKUP).read_text())
+    assert set(record["added"]) == set(json.loads((patched_dir / "config.json").read_text())) - set(original) - {
+        "ctxext"
+    }
+
+
+def test_unpatch_without_the_backup_removes_the_keys_the_patch_added(tiny_dir):
+    config = tiny_dir / "config.json"
+    original = json.loads(config.read_text())
+    original.pop("rope_theta", None)  # a config with the base only inside rope_parameters
+    config.write_text(json.dumps(original))
+    assert run_cli("patch", "--method", "yarn", "--factor", "2", tiny_dir).returncode == 0
+    assert "rope_theta" in json.loads(config.read_text())  # the patch's top-level copy for transformers 4.x
+    (tiny_dir / BACKUP).unlink()
+    assert run_cli("unpatch", tiny_dir).returncode == 0
+    restored = json.loads(config.read_text())
+    assert "rope_theta" not in restored and "rope_scaling" not in restored and "ctxext" not in restored

@@ -6,6 +6,7 @@ byte as ``config.json.ctxext-orig``; ``unpatch`` renames it back. Nothing is tou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -50,6 +51,8 @@ def recorded_original(data: dict[str, Any], record: ExtensionRecord) -> dict[str
     rope = record.replaced.get("rope_parameters")
     if "rope_theta" in original and isinstance(rope, dict) and "rope_theta" in rope:
         original["rope_theta"] = rope["rope_theta"]  # the patch's top-level copy of the base
+    for name in record.added or []:  # keys the patch added, absent from the original
+        original.pop(name, None)
     return original
 
 
@@ -71,6 +74,11 @@ def read_backup(directory: Path, record: ExtensionRecord) -> tuple[bytes, dict[s
                 f"{path} does not match the patch record ({name} {data[name]!r}, the record says "
                 f"{value!r}); config.json left as it is"
             )
+    if record.original_sha256 is not None and sha256(raw) != record.original_sha256:
+        raise CtxextError(
+            f"{path} is not the original the patch kept (its sha256 differs from the patch record's); "
+            "config.json left as it is"
+        )
     return raw, data
 
 
@@ -83,11 +91,34 @@ def _comparable(replaced: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def edits_since_patch(data: dict[str, Any], record: ExtensionRecord, original: dict[str, Any]) -> list[str]:
+    """Top-level keys of the patched config.json ``data`` that differ from the kept ``original`` beyond what the
+    patch changed: edits made after the patch, which restoring the original would drop."""
+    unpatched = recorded_original(data, record)
+    return sorted(k for k in set(unpatched) | set(original) if unpatched.get(k) != original.get(k))
+
+
 def unpatch_config(directory: Path, record: ExtensionRecord) -> str:
-    """Give back the original config.json of a patched directory; returns how it was done."""
+    """Give back the original config.json of a patched directory; returns how it was done.
+
+    The backup is restored only when it is the file the patch kept (``read_backup``) and config.json holds
+    no edits made after the patch (those would be lost): both are refused with config.json left as it is.
+    """
     backup = directory / BACKUP
     if backup.exists():
-        read_backup(directory, record)
+        _, original = read_backup(directory, record)
+        _, data = read_config_json(directory)
+        edited = edits_since_patch(data, record, original)
+        if edited:
+            raise CtxextError(
+                f"{directory / CONFIG} was edited after the patch ({', '.join(edited)}): restoring {BACKUP} "
+                "would drop those edits; config.json left as it is (carry them over to the backup by hand, or "
+                "remove the ctxext section and the backup yourself)"
+            )
         os.replace(backup, directory / CONFIG)
         return "restored the original config.json byte for byte"
     _, data = read_config_json(directory)

@@ -19,7 +19,15 @@ from ..core.record import ExtensionRecord
 from ..errors import CtxextError
 from ..serving import DUAL_CHUNK, LEGACY_ROPE_TYPES, serve_commands, sglang_dual_chunk_config
 from .atomic import atomic_write, exclusive
-from .config_json import BACKUP, read_backup, read_config_json, recorded_original, unpatch_config, write_patched_config
+from .config_json import (
+    BACKUP,
+    read_backup,
+    read_config_json,
+    recorded_original,
+    sha256,
+    unpatch_config,
+    write_patched_config,
+)
 from .locations import check_writable, copy_model_dir, resolve_model_path
 from .remote_code import MODULE, add_auto_map, architecture_of, is_ours, module_text
 from .result import PatchResult
@@ -61,6 +69,11 @@ def patch_directory(
     config, saved = unpatched_config(directory)
     if saved and not replace:
         raise CtxextError(f"{directory} is already patched with '{saved.method}'; use --replace or 'ctxext unpatch'")
+    if not saved and (directory / BACKUP).exists():
+        raise CtxextError(
+            f"{directory / BACKUP} exists but config.json carries no ctxext patch: ctxext did not write that "
+            "backup (or config.json was replaced since); move it away first; nothing written"
+        )
     plan = plan_fresh(
         config,
         method,
@@ -82,16 +95,17 @@ def patch_directory(
             "--remote-code is for attention-level methods"
         )
     patched = _patched_json(original, plan)
+    plan.record.original_sha256 = sha256(original_raw) if original_raw is not None else None
     module = None
     if remote_code:
         architecture = architecture_of(original)
         add_auto_map(patched, original, plan.record.replaced, architecture)
-        patched["ctxext"] = plan.record.to_dict()
         module = module_text(architecture, plan.method.name)
+    plan.record.added = sorted(set(patched) - set(original) - {"ctxext"}) or None
+    patched["ctxext"] = plan.record.to_dict()
     if engine_config == "sglang":
         plan.record.replaced[DUAL_CHUNK] = copy.deepcopy(original.get(DUAL_CHUNK))
         patched[DUAL_CHUNK] = sglang_dual_chunk_config(patched)
-        patched["ctxext"] = plan.record.to_dict()
     result = PatchResult(directory, plan.record, plan.method.stock_loadable)
     result.serve_commands = serve_commands(patched, directory if output is None else output)
     if dry_run:

@@ -22,6 +22,10 @@ class ExtensionRecord:
     known, is what ``ctxext probe --record`` measured on the patched checkpoint (records
     written before it existed have none; a record without one leaves it out of config.json).
     ``auto``, only for ``--method auto``, says which method auto chose and why (likewise optional).
+    ``original_sha256`` (a patched directory) is the sha256 of the original config.json bytes kept
+    beside it as the backup, so that ``unpatch`` restores only that file; ``added`` names the
+    top-level config.json keys the patch added (absent from the original), which an unpatch without
+    the backup removes. Records from before these fields have neither.
     """
 
     method: str
@@ -34,10 +38,12 @@ class ExtensionRecord:
     version: str
     effective_length: int | None = None
     auto: dict[str, Any] | None = None  # ``--method auto``: {"chose", "params", "reason"}; absent otherwise
+    original_sha256: str | None = None  # sha256 of the backed-up original config.json (patched directories)
+    added: list[str] | None = None  # top-level config.json keys the patch added
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for key in ("effective_length", "auto"):
+        for key in ("effective_length", "auto", "original_sha256", "added"):
             if data[key] is None:
                 del data[key]
         return data
