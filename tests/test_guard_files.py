@@ -245,3 +245,16 @@ def test_unpatch_without_the_backup_removes_the_keys_the_patch_added(tiny_dir):
     assert run_cli("unpatch", tiny_dir).returncode == 0
     restored = json.loads(config.read_text())
     assert "rope_theta" not in restored and "rope_scaling" not in restored and "ctxext" not in restored
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 22, b"not a gguf file at all", b"GGUF\x03\x00\x00\x00" + b"\xff" * 16],
+)
+def test_info_reads_a_damaged_gguf_with_ctxexts_own_reader(tmp_path, content):
+    gguf = tmp_path / "broken.gguf"
+    gguf.write_bytes(content)
+    before = tree(tmp_path)
+    result = run_cli("info", gguf)
+    assert_one_line_error(result, str(gguf))
+    assert tree(tmp_path) == before

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..core.record import ExtensionRecord
 from ..core.rope_setup import read_rope_setup, text_config
+from .gguf.reader import read_layout
 from .locations import ModelLocation, resolve_model_path
 
 
@@ -22,11 +23,17 @@ def location_record(location: ModelLocation, config: Any) -> ExtensionRecord | N
 
 
 def describe(model: str | Path) -> list[tuple[str, str]]:
-    """(label, value) rows describing a model directory, GGUF file or the default model."""
-    from transformers import AutoConfig
+    """(label, value) rows describing a model directory, GGUF file or the default model.
+
+    A GGUF file is read by ctxext's own validated reader first (a damaged file is one line, as for
+    ``patch``); the config then comes through the one loader every command uses.
+    """
+    from ..model.loading import model_config
 
     location = resolve_model_path(model)
-    config = AutoConfig.from_pretrained(location.directory, gguf_file=location.gguf_file)
+    if location.gguf_file is not None:
+        read_layout(location.directory / location.gguf_file)
+    config = model_config(location)
     tconfig = text_config(config)
     setup = read_rope_setup(tconfig)
     record = location_record(location, config)
