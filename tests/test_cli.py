@@ -212,3 +212,22 @@ def test_existing_output_is_refused(tiny_dir, tmp_path, expect_error):
         "output already exists",
     )
     assert (tmp_path / "taken" / "file").read_text() == "keep me"
+
+
+def test_an_internal_error_is_one_line_and_its_traceback_is_behind_ctxext_debug(monkeypatch, capsys):
+    from ctxext.cli import info as info_command
+
+    def broken(args):
+        raise RuntimeError("something inside broke\nsecond line")
+
+    monkeypatch.setattr(info_command, "run", broken)
+    monkeypatch.delenv("CTXEXT_DEBUG", raising=False)
+    assert main(["info", "smollm2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "ctxext: error: internal error (RuntimeError: something inside broke); run with CTXEXT_DEBUG=1 "
+        "for the traceback"
+    ]
+    monkeypatch.setenv("CTXEXT_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="something inside broke"):
+        main(["info", "smollm2"])

@@ -14,7 +14,7 @@ import signal
 import sys
 import typing
 
-from ..errors import CtxextError
+from ..errors import CtxextError, one_line
 from ..version import __version__
 
 # subcommand -> its module in this package; the order is the order of ``ctxext --help``
@@ -55,15 +55,18 @@ def _interrupt(_signum, _frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # config warnings would bury our one-line errors
-    if "transformers" in sys.modules:  # already imported (by the caller): the variable is read only at import
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.set_verbosity_error()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(only=_chosen(argv) or "").parse_args(argv)
+    """The command line. The error boundary is set up first, before any heavy import: bad input is one
+    ``ctxext: error:`` line (status 2), an interruption one line (status 130), and an internal error one line
+    too, with its traceback only under ``CTXEXT_DEBUG=1``."""
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # config warnings would bury our one-line errors
+        if "transformers" in sys.modules:  # already imported (by the caller): the variable is read only at import
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.set_verbosity_error()
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(only=_chosen(argv) or "").parse_args(argv)
         return _module(args.command).run(args)
     except CtxextError as exc:
         print(f"ctxext: error: {exc}", file=sys.stderr)
@@ -72,6 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ctxext: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ctxext's or a library's: one line unless asked for the traceback
+        if os.environ.get("CTXEXT_DEBUG"):
+            raise
+        print(
+            f"ctxext: error: internal error ({type(exc).__name__}: {one_line(exc)}); run with CTXEXT_DEBUG=1 "
+            "for the traceback",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 2
