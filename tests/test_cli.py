@@ -120,7 +120,10 @@ def test_replace_and_longrope_list_flags(tiny_dir):
 
 
 BAD = [
-    (["--method", "rope-magic", "--factor", "2"], "unknown method 'rope-magic' (valid: dca, dynamic-ntk"),
+    (
+        ["--method", "rope-magic", "--factor", "2"],
+        "unknown method 'rope-magic' (valid: block-retrieval, dca, dynamic-ntk",
+    ),
     (["--method", "yarn", "--factor", "1"], "factor must be greater than 1"),
     (["--method", "yarn", "--factor", "0.5"], "factor must be greater than 1"),
     (["--method", "yarn", "--factor", "nan"], "factor must be a finite number"),

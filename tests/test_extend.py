@@ -153,7 +153,9 @@ def test_non_rope_model_is_refused():
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(CtxextError, match=r"unknown method 'rope-magic' \(valid: dca, dynamic-ntk, .*yarn\)"):
+    with pytest.raises(
+        CtxextError, match=r"unknown method 'rope-magic' \(valid: block-retrieval, dca, dynamic-ntk, .*yarn\)"
+    ):
         ctxext.extend(make_model(), "rope-magic", factor=2)
 
 
