@@ -196,7 +196,8 @@ def run(args) -> None:
 
 
 def read_records(out: Path) -> list[dict]:
-    path = Path(out) / "records.jsonl"
+    """The records of a run folder (its records.jsonl) or of a records file (as kept in docs/records/)."""
+    path = Path(out) if Path(out).is_file() else Path(out) / "records.jsonl"
     if not path.exists():
         return []
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -261,7 +262,7 @@ def main() -> None:
     )
     p.set_defaults(func=run)
     t = sub.add_parser("table", help="markdown table of one or more runs")
-    t.add_argument("runs", nargs="+", type=Path)
+    t.add_argument("runs", nargs="+", type=Path, help="run folders or records files")
     t.set_defaults(func=table)
     args = parser.parse_args()
     args.func(args)
