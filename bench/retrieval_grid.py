@@ -211,6 +211,8 @@ def read_records(out: Path) -> list[dict]:
 
 
 def table(args) -> None:
+    """One row per configuration, one column per (task, length): mean score (hits / prompts) and seconds per
+    prompt; then the row's mean over its cells, its peak memory and its misses by kind."""
     from ctxext.eval.lengths import format_length
     from ctxext.eval.misses import miss_counts
 
@@ -221,11 +223,10 @@ def table(args) -> None:
     rows = list(dict.fromkeys(r["row"] for r in records))
     columns = sorted({(r["length"], r["task"]) for r in records})
     head = [f"{task} {format_length(length)}" for length, task in columns]
-    print("| row | " + " | ".join(head) + " | mean | s/prompt | peak MiB | misses |")
-    print("|---" * (len(head) + 5) + "|")
+    print("| row | " + " | ".join(head) + " | mean | peak MiB | misses |")
+    print("|---" * (len(head) + 4) + "|")
     for row in rows:
-        values, seconds, peak = [], [], []
-        texts = []
+        values, peak, texts = [], [], []
         for length, task in columns:
             rs = cells.get((row, length, task), [])
             if not rs:
@@ -233,14 +234,13 @@ def table(args) -> None:
                 continue
             mean = sum(r["score"] for r in rs) / len(rs)
             values.append(mean)
-            seconds += [r["seconds"] for r in rs]
             peak += [r["peak_mib"] for r in rs]
-            texts.append(f"{mean:.0f} ({sum(r['score'] == 100 for r in rs)}/{len(rs)})")
+            seconds = sum(r["seconds"] for r in rs) / len(rs)
+            texts.append(f"{mean:.0f} ({sum(r['score'] == 100 for r in rs)}/{len(rs)}), {seconds:.0f} s")
         mean = f"{sum(values) / len(values):.0f}" if values else "-"
-        cost = f"{sum(seconds) / len(seconds):.1f}" if seconds else "-"
         misses = miss_counts([r for r in records if r["row"] == row])
         why = ", ".join(f"{kind} {count}" for kind, count in misses.items()) or "-"
-        print(f"| {row} | " + " | ".join(texts) + f" | {mean} | {cost} | {max(peak) if peak else '-'} | {why} |")
+        print(f"| {row} | " + " | ".join(texts) + f" | {mean} | {max(peak) if peak else '-'} | {why} |")
 
 
 def main() -> None:
