@@ -103,9 +103,11 @@ def patch_directory(
         module = module_text(architecture, plan.method.name)
     plan.record.added = sorted(set(patched) - set(original) - {"ctxext"}) or None
     patched["ctxext"] = plan.record.to_dict()
-    if engine_config == "sglang":
+    if engine_config == "sglang":  # the section is built from the written record, then recorded in it
+        section = sglang_dual_chunk_config(patched)
         plan.record.replaced[DUAL_CHUNK] = copy.deepcopy(original.get(DUAL_CHUNK))
-        patched[DUAL_CHUNK] = sglang_dual_chunk_config(patched)
+        patched[DUAL_CHUNK] = section
+        patched["ctxext"] = plan.record.to_dict()
     result = PatchResult(directory, plan.record, plan.method.stock_loadable)
     result.serve_commands = serve_commands(patched, directory if output is None else output)
     if dry_run:
