@@ -10,7 +10,12 @@ class CtxextError(ValueError):
 
 
 def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message, for a one-line error."""
+    """The first line of an exception's message, for a one-line error (with the lines after it while it ends
+    in a colon: transformers' config validation errors put their reason on the second line)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
+    for line in lines[1:]:
+        if not text.endswith(":"):
+            break
+        text = f"{text} {line}"
     return text if len(text) <= 300 else text[:297] + "..."

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..core.config_check import check_buildable, check_config_fields
 from ..core.record import ExtensionRecord
 from ..errors import CtxextError
 from .atomic import atomic_write, json_bytes
@@ -31,6 +32,15 @@ def read_config_json(directory: Path, name: str = CONFIG) -> tuple[bytes, dict[s
     if not isinstance(data, dict):
         raise CtxextError(f"{path}: not a JSON object")
     return raw, data
+
+
+def check_config_json(directory: Path) -> None:
+    """Refuse a directory whose config.json lacks a field ctxext reads or has one out of range, before
+    transformers parses it (which would fail with its own traceback, or accept a NaN base), or one that
+    transformers' own validators refuse."""
+    fields, source = read_config_json(directory)[1], str(directory / CONFIG)
+    check_config_fields(fields, source)
+    check_buildable(fields, source, "transformers refuses this config")
 
 
 def write_patched_config(directory: Path, original_raw: bytes | None, patched: dict[str, Any]) -> None:

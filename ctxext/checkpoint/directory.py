@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..core.config_check import check_loadable
 from ..core.plan import ExtensionPlan, plan_fresh, take_off_record
 from ..core.record import ExtensionRecord
 from ..errors import CtxextError
@@ -108,6 +109,7 @@ def patch_directory(
         plan.record.replaced[DUAL_CHUNK] = copy.deepcopy(original.get(DUAL_CHUNK))
         patched[DUAL_CHUNK] = section
         patched["ctxext"] = plan.record.to_dict()
+    check_loadable(patched, f"{directory / 'config.json'} (as patched)")
     result = PatchResult(directory, plan.record, plan.method.stock_loadable)
     result.serve_commands = serve_commands(patched, directory if output is None else output)
     if dry_run:
@@ -205,9 +207,9 @@ def record_effective_length(model: str | Path, effective_length: int | None, *, 
 
 def unpatched_config(directory: Path):
     """The directory's config with any ctxext patch taken off (in memory only), and that patch."""
-    from transformers import AutoConfig
+    from ..model.loading import model_config
 
-    config = AutoConfig.from_pretrained(directory)
+    config = model_config(resolve_model_path(directory))
     return config, take_off_record(config)
 
 

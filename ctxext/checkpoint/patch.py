@@ -102,9 +102,10 @@ def patch_gguf(
     if dry_run:
         raise CtxextError("the safetensors export cannot be dry-run; give a .gguf output to see the metadata diff")
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..model.extend import extend
+    from ..model.loading import model_config
 
     location = resolve_model_path(gguf)
     if location.gguf_file is None:
@@ -112,7 +113,7 @@ def patch_gguf(
     check_dtype(dtype)
     output = Path(output)
     ensure_new_output(output)
-    config = AutoConfig.from_pretrained(location.directory, gguf_file=location.gguf_file)
+    config = model_config(location)
     _check_options(config, method, **options)  # bad options fail before the weights load
     model = AutoModelForCausalLM.from_pretrained(
         location.directory, gguf_file=location.gguf_file, dtype=getattr(torch, dtype)

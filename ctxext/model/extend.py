@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from .. import auto
+from ..core.config_check import check_model_config
 from ..core.plan import apply_fields, auto_target, plan_fresh, take_off_record
 from ..core.record import ExtensionRecord
 from ..core.rope_setup import read_rope_setup, text_config
@@ -51,6 +52,7 @@ def extend(
             rope_layer_types=rope_layer_types,
             params=params,
         )
+    check_model_config(model.config)
     config = text_config(model.config)
     read_rope_setup(config)
     rotary = find_rotary_modules(model)

@@ -10,7 +10,9 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoint.config_json import check_config_json
 from ..checkpoint.locations import ModelLocation, resolve_model_path
+from ..core.config_check import check_model_config
 from ..core.plan import apply_fields, take_off_record
 from ..core.rope_setup import text_config
 from ..errors import CtxextError, one_line
@@ -25,14 +27,13 @@ def from_pretrained(path: str | Path, **kwargs: Any) -> nn.Module:
 
     ``kwargs`` go to ``AutoModelForCausalLM.from_pretrained`` (``dtype``, ``device_map``, ...).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ..checkpoint.locations import resolve_model_path
+    from transformers import AutoModelForCausalLM
 
     location = resolve_model_path(path)
     if location.gguf_file is not None:
         from ..checkpoint.gguf.mapping import gguf_record
 
+        model_config(location)  # the checks of its fields, before the weights load
         model = AutoModelForCausalLM.from_pretrained(location.directory, gguf_file=location.gguf_file, **kwargs)
         record = gguf_record(location.directory / location.gguf_file)
         if record is not None:  # transformers reads the patched context length and base, not the scaling
@@ -41,7 +42,7 @@ def from_pretrained(path: str | Path, **kwargs: Any) -> nn.Module:
                 setattr(parent, name, rebuild(module))
             reapply(model, record)
         return model
-    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(location.directory)
+    config = kwargs.pop("config", None) or model_config(location)
     saved_rope_parameters = text_config(config).rope_parameters
     record = take_off_record(config)
     if record is None:
@@ -62,15 +63,21 @@ def location_label(location: ModelLocation) -> str:
 
 
 def model_config(location: ModelLocation) -> Any:
-    """The model's config, read without its weights (config.json, or a GGUF file's header)."""
+    """The model's config, read without its weights (config.json, or a GGUF file's header), its fields
+    checked (``core/config_check.py``): config.json's before transformers parses it, a GGUF's as mapped."""
     from transformers import AutoConfig
 
+    if location.gguf_file is None:
+        check_config_json(location.directory)
     try:
-        return AutoConfig.from_pretrained(location.directory, gguf_file=location.gguf_file)
+        config = AutoConfig.from_pretrained(location.directory, gguf_file=location.gguf_file)
     except CtxextError:
         raise
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for bad files
         raise CtxextError(f"{location_label(location)}: cannot read the model's config ({one_line(exc)})") from None
+    if location.gguf_file is not None:
+        check_model_config(config, location_label(location))
+    return config
 
 
 def load_tokenizer(location: ModelLocation):
