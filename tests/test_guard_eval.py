@@ -24,6 +24,10 @@ import pytest
 import torch
 from transformers import GPT2Config
 
+from ctxext.checkpoint.atomic import lock_directory
+from ctxext.errors import CtxextError
+from ctxext.eval.store import RecordStore, record_key
+
 from support import bad_inputs
 from support.cli_harness import OFFLINE, break_weights, expect_refusal, with_flags
 from support.models import byte_tokenizer
@@ -259,7 +263,7 @@ def test_bad_count_threshold_or_depth_is_refused_before_the_model_loads(cli, ws,
 
 BAD_CORPORA = [
     (["--text-file", "{ws}/missing.txt"], "{ws}/missing.txt: no such text file"),
-    (["--text-file", "{ws}/user"], "{ws}/user: no such text file"),
+    (["--text-file", "{ws}/user"], "{ws}/user: is a directory, not a text file"),
     (["--text-file", "{ws}/empty.txt"], "the corpus has 1 tokens, too few for a 300-token window"),
     (["--text-file", "{ws}/short.txt"], "the corpus has 18 tokens, too few for a 300-token window"),
     (["--text-dataset", "{ws}/missing"], "{ws}/missing: no such dataset directory"),
@@ -409,6 +413,34 @@ def test_a_damaged_run_log_is_refused_with_one_line(cli, run_ws):
     lines = records.read_text().splitlines()
     records.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
     expect_refusal(cli, run_ws, RUN_ARGS, "run/records.jsonl:2: not a ctxext eval record")
+
+
+@pytest.mark.parametrize("out", ["run", "empty"])
+def test_an_out_another_run_is_writing_is_refused(cli, run_ws, out):
+    """Two evals into one --out at once: the second is refused before its model loads (the weights here are
+    corrupt), whether the first is resuming a run or has just started in an empty folder."""
+    (run_ws / "empty").mkdir()
+    held = lock_directory(run_ws / out)
+    try:
+        args = list(RUN_ARGS)
+        args[args.index("--out") + 1] = f"{{ws}}/{out}"
+        expect_refusal(cli, run_ws, args, f"{{ws}}/{out}: another ctxext command is writing here")
+    finally:
+        os.close(held)
+
+
+def test_two_runs_that_both_found_a_new_out_cannot_both_write(tmp_path):
+    """The race the check at the start cannot see: both runs found no --out; the first to write takes the
+    folder, the second is refused at its first record, and a later run resumes the first's records."""
+    settings, out = {"model": "m", "seed": 0}, tmp_path / "out"
+    record = {"method": None, "task": "passkey", "length": 300, "sample": 0}
+    with RecordStore(out, settings) as first, RecordStore(out, settings) as second:
+        first.add(record)
+        with pytest.raises(CtxextError, match="another ctxext command is writing here"):
+            second.add({**record, "sample": 1})
+    assert (out / "records.jsonl").read_text().count("\n") == 1
+    with RecordStore(out, settings) as later:
+        assert record_key(record) in later and len(later.records) == 1
 
 
 def test_the_same_settings_resume_and_add_work(cli, run_ws):

@@ -19,6 +19,7 @@ import torch
 from transformers import GPT2Config
 
 import ctxext
+from ctxext.checkpoint.atomic import lock_directory
 
 from support import bad_inputs
 from support.cli_harness import break_weights, expect_refusal, with_flags
@@ -289,6 +290,17 @@ def test_resume_with_the_same_settings_continues(cli, run_ws, finetune_template)
     result = cli.run(*resume_args(), cwd=run_ws)
     assert result.rc == 0, result.stderr
     assert sorted(p.name for p in (run_ws / "run" / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+
+
+def test_an_out_another_finetune_is_writing_is_refused(cli, ws):
+    """Two finetunes into one --out at once: the second is refused before its model loads (corrupt weights
+    here), and the first's folder is left as it was."""
+    (ws / "out").mkdir()
+    held = lock_directory(ws / "out")
+    try:
+        expect_refusal(cli, ws, finetune_args(), "{ws}/out: another ctxext command is writing here")
+    finally:
+        os.close(held)
 
 
 def test_a_model_that_fails_to_load_leaves_nothing_behind(cli, ws):

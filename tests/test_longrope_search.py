@@ -76,7 +76,8 @@ def _store(path) -> RecordStore:
 
 def _search(trained, path, **kwargs):
     model, ids = trained
-    return lrs.search(model, ids, TARGET, _store(path), windows=2, progress=False, **{**PLAN, **kwargs})
+    with _store(path) as store:  # closed at the end, as a tune run closes its store: the next run may write
+        return lrs.search(model, ids, TARGET, store, windows=2, progress=False, **{**PLAN, **kwargs})
 
 
 def _ppl(model, ids, method=None, **params) -> float:
@@ -213,7 +214,7 @@ def test_factors_from_a_file_for_extend_and_patch(tiny_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "content, message",
     [
-        (None, "cannot read"),
+        (None, "no such JSON file"),
         ("[1, 2", "is not JSON"),
         ('{"long_factor": [1]}', "must hold a JSON list of numbers"),
         ('["a"]', "must hold a JSON list of numbers"),

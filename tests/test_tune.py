@@ -75,7 +75,8 @@ def test_help(capsys):
 def test_candidates_and_auto_are_not_a_method():
     labels = [r.label for r in tune_module.candidates(None, 4096, 16384)]
     assert "dca temperature=True" in labels and "string shifted_fraction=0.33" in labels
-    assert "rerope log_scaling=True" in labels and sum(lab.startswith("self-extend") for lab in labels) == 2
+    assert "rerope" in labels and "rerope log_scaling=False" in labels  # log-n scaling is rerope's default
+    assert "lm-infinite top_k=5 window=2048" in labels and sum(lab.startswith("self-extend") for lab in labels) == 2
     assert "auto" not in ctxext.list_methods()
 
 

@@ -9,7 +9,8 @@ into the existing ``target``, one atomic rename per item). On any exception, Ctr
 included, the staging folder is removed, so nothing half-written is left behind.
 
 ``exclusive(directory)`` keeps a second ctxext process from editing the same directory at
-the same time (an advisory lock on the directory itself, so no lock file is left behind).
+the same time (an advisory lock on the directory itself, so no lock file is left behind);
+``lock_directory`` is the same lock for a writer that holds it beyond one block (an eval run).
 
 Files keep their mode: a replaced file keeps the one it had (and its owner where the
 process may set it), a new file or folder gets the mode the umask gives, not the private
@@ -117,20 +118,46 @@ def staged(target: Path, *, merge: bool = False, replace: bool = False) -> Itera
         shutil.rmtree(old, ignore_errors=True)
 
 
-@contextmanager
-def exclusive(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory`` for the block; refuse if another process holds it."""
+def lock_directory(directory: Path) -> int:
+    """Take an exclusive lock on ``directory``; returns the descriptor whose closing releases it. Refuses
+    if another process holds it (``patch``, ``unpatch``, an ``eval`` or ``finetune`` writing there)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CtxextError(
-                f"{directory}: another ctxext command is writing here; try again when it has finished"
-            ) from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CtxextError(
+            f"{directory}: another ctxext command is writing here; try again when it has finished"
+        ) from None
+    return fd
+
+
+@contextmanager
+def exclusive(directory: Path) -> Iterator[None]:
+    """Hold :func:`lock_directory` on ``directory`` for the block."""
+    fd = lock_directory(directory)
+    try:
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        os.close(fd)
+
+
+@contextmanager
+def locked_output(directory: Path) -> Iterator[None]:
+    """Create the output folder ``directory`` if it is missing and hold :func:`lock_directory` on it for the
+    block; a folder this call created is removed again when the block fails before writing into it."""
+    try:
+        directory.mkdir()
+        created = True
+    except FileExistsError:  # an empty folder the user made, a run to resume, or a second writer racing us
+        created = False
+    try:
+        with exclusive(directory):
+            yield
+    except BaseException:
+        if created and not any(directory.iterdir()):
+            directory.rmdir()
+        raise
 
 
 @contextmanager

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.user_files import permitted, special_kind
 from ..errors import CtxextError
 from .atomic import staged
 from .config_json import BACKUP, CONFIG
@@ -28,6 +28,9 @@ def resolve_model_path(path: str | os.PathLike) -> ModelLocation:
     p = Path(path).expanduser()
     if not p.exists():
         raise CtxextError(f"{p}: no such file or directory")
+    kind = special_kind(p)
+    if kind is not None and kind != "a directory":
+        raise CtxextError(f"{p}: is {kind}, not a model directory or a .gguf file")
     if p.is_file():
         if p.suffix.lower() != ".gguf":
             raise CtxextError(f"{p}: expected a model directory or a .gguf file")
@@ -39,11 +42,6 @@ def resolve_model_path(path: str | os.PathLike) -> ModelLocation:
     if not (p / CONFIG).is_file():
         raise CtxextError(f"{p}: no config.json in this directory")
     return ModelLocation(p, None)
-
-
-def permitted(path: Path, access: int, mode_bits: int) -> bool:
-    # The mode bits are checked too: root passes os.access() on read-only files.
-    return os.access(path, access) and bool(stat.S_IMODE(path.stat().st_mode) & mode_bits)
 
 
 def check_writable(directory: Path) -> None:

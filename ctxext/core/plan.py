@@ -17,6 +17,7 @@ from .params import MethodConfig
 from .record import ExtensionRecord
 from .registry import AttentionMethod, Method, Scaling, get_method
 from .rope_setup import read_rope_setup, text_config
+from .validate import MAX_TARGET_LENGTH
 
 
 @dataclass
@@ -51,11 +52,19 @@ def resolve_lengths(
             bound = "at least 1" if allow_native else "greater than 1"
             smaller = "less" if allow_native else "1 or less"
             raise CtxextError(f"factor must be {bound} (got {factor}); {smaller} would not extend anything")
-        return float(factor), original, int(round(original * factor))
+        target = int(round(original * factor))
+        if target > MAX_TARGET_LENGTH:
+            raise CtxextError(
+                f"factor {factor} gives a target length of {target} tokens, above ctxext's limit of "
+                f"{MAX_TARGET_LENGTH} (16m)"
+            )
+        return float(factor), original, target
     if isinstance(target_length, bool) or not isinstance(target_length, int):
         raise CtxextError(f"target length must be an integer, got {target_length!r}")
     if target_length < original or (target_length == original and not allow_native):
         raise CtxextError(f"target length {target_length} must be above the original length {original}")
+    if target_length > MAX_TARGET_LENGTH:
+        raise CtxextError(f"target length {target_length} is above ctxext's limit of {MAX_TARGET_LENGTH} tokens (16m)")
     return target_length / original, original, target_length
 
 

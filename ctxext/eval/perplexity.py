@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..core.rope_setup import text_config
+from ..core.user_files import read_text_file
 from ..errors import CtxextError, one_line
 from .haystack import prose
 
@@ -31,9 +32,7 @@ def load_corpus(text_file: str | Path | None = None, dataset: str | None = None)
     'DIR:column', column 'text' by default), or the pydoc prose shipped with CPython."""
     if text_file is not None:
         path = Path(text_file)
-        if not path.is_file():
-            raise CtxextError(f"{path}: no such text file")
-        return path.read_text(encoding="utf-8", errors="replace"), str(path)
+        return read_text_file(path), str(path)
     if dataset is not None:
         return _dataset_text(dataset), dataset
     return prose(), "pydoc_data.topics prose (CPython)"

@@ -28,7 +28,7 @@ from ..checkpoint.info import location_record
 from ..checkpoint.locations import ModelLocation, resolve_model_path
 from ..core.record import ExtensionRecord
 from ..core.rope_setup import native_length
-from ..core.validate import check_count, check_length
+from ..core.validate import MAX_SAMPLES, check_count, check_length
 from ..errors import CtxextError
 from ..model.loading import load_tokenizer, model_config
 from .constants import BASELINE, DEFAULT_DEPTHS, THRESHOLD
@@ -187,7 +187,7 @@ def probe(
         )
     if depths is None or isinstance(depths, str):
         raise CtxextError("the probe needs fixed needle depths (a list of numbers in [0, 1]), not random ones")
-    check_count(samples, "--samples")
+    check_count(samples, "--samples", maximum=MAX_SAMPLES)
     if lengths is not None:
         lengths = list(lengths) if not isinstance(lengths, (str, int)) else [lengths]
         for length in lengths:

@@ -21,7 +21,15 @@ from ..core.plan import auto_target, plan_extension
 from ..core.record import ExtensionRecord
 from ..core.registry import get_method
 from ..core.rope_setup import native_length, read_rope_setup, text_config
-from ..core.validate import check_count, check_dtype, check_fraction, check_length, check_token_ids
+from ..core.validate import (
+    MAX_SAMPLES,
+    check_count,
+    check_dtype,
+    check_fraction,
+    check_length,
+    check_memory,
+    check_token_ids,
+)
 from ..errors import CtxextError, one_line
 from ..model.loading import check_device, load_tokenizer, load_weights, model_config
 from . import perplexity
@@ -143,7 +151,7 @@ def _check_values(config: EvalConfig) -> None:
         raise CtxextError("no lengths given")
     for length in config.lengths:
         check_length(length)
-    check_count(config.samples, "--samples")
+    check_count(config.samples, "--samples", maximum=MAX_SAMPLES)
     if config.depths is not None:
         if isinstance(config.depths, str) or not list(config.depths):
             raise CtxextError("--depths must be a list of needle depths in [0, 1], or None for random depths")
@@ -218,10 +226,15 @@ def _lm_eval_own_tasks(tasks: list[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+PROMPT_BYTES_PER_TOKEN = 8  # a prompt's text in memory (about 4.5 characters of prose per token, and its parts)
+
+
 def build_samples(config: EvalConfig, tokenizer, model_config, todo) -> dict[tuple, Sample]:
     """Every prompt of ``todo``, built with the tokenizer alone (shortest first, so that a length too short
     for a task fails at once), keyed (task, length, index); also the ctxext_* lm-eval tasks' shortest prompt."""
     keys = sorted({(length, task, index) for _, task, length, index in todo if get_task(task).generates})
+    needed = sum(length for length, _, _ in keys) * PROMPT_BYTES_PER_TOKEN
+    check_memory(needed, f"the run's {len(keys)} prompts", "ask for fewer --samples, tasks or lengths")
     samples = {
         (task, length, index): make_sample(task, tokenizer, length, index, config.seed, config.depths)
         for length, task, index in keys
@@ -344,31 +357,31 @@ def run(config: EvalConfig) -> dict:
     from .report import write_report  # matplotlib loads only when a report is written
 
     checked = check_config(config)
-    store = RecordStore(config.out, config.settings())
-    corpus = perplexity.load_corpus(config.text_file, config.text_dataset) if nll_tasks(config.tasks) else None
-    tokenizer = load_tokenizer(checked.location)
-    ids = None
-    if corpus is not None:
-        ids = perplexity.text_ids(tokenizer, corpus[0])
-        if ids.numel():
-            check_token_ids(int(ids.max()), checked.model_config, f"the perplexity corpus {corpus[1]}")
-    units = plan_units(config, None if ids is None else len(ids))
-    todo = [u for u in units if u not in store]
-    samples = build_samples(config, tokenizer, checked.model_config, todo)
-    model = load_model(config)
-    backend = TransformersBackend(model, tokenizer, keep_patch=config.as_loaded)
-    windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
-    run_units(backend, todo, setups(config), samples, store, windows=windows)
-    native, extended = lengths_of(model, config)
-    if config.lm_eval_tasks:
-        run_lm_eval_tasks(backend, checked.lm_eval_manager, config, store, max(extended, *config.lengths))
-    backend.close()
-    meta = {
-        "native_length": native,
-        "extended_length": extended,
-        "corpus": corpus[1] if corpus else None,
-        "corpus_tokens": None if ids is None else len(ids),
-        "device": str(next(model.parameters()).device),
-    }
-    store.begin()
-    return write_report(config, [store.records[u] for u in units], store, meta)
+    with RecordStore(config.out, config.settings()) as store:
+        corpus = perplexity.load_corpus(config.text_file, config.text_dataset) if nll_tasks(config.tasks) else None
+        tokenizer = load_tokenizer(checked.location)
+        ids = None
+        if corpus is not None:
+            ids = perplexity.text_ids(tokenizer, corpus[0])
+            if ids.numel():
+                check_token_ids(int(ids.max()), checked.model_config, f"the perplexity corpus {corpus[1]}")
+        units = plan_units(config, None if ids is None else len(ids))
+        todo = [u for u in units if u not in store]
+        samples = build_samples(config, tokenizer, checked.model_config, todo)
+        model = load_model(config)
+        backend = TransformersBackend(model, tokenizer, keep_patch=config.as_loaded)
+        windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
+        run_units(backend, todo, setups(config), samples, store, windows=windows)
+        native, extended = lengths_of(model, config)
+        if config.lm_eval_tasks:
+            run_lm_eval_tasks(backend, checked.lm_eval_manager, config, store, max(extended, *config.lengths))
+        backend.close()
+        meta = {
+            "native_length": native,
+            "extended_length": extended,
+            "corpus": corpus[1] if corpus else None,
+            "corpus_tokens": None if ids is None else len(ids),
+            "device": str(next(model.parameters()).device),
+        }
+        store.begin()
+        return write_report(config, [store.records[u] for u in units], store, meta)

@@ -10,7 +10,8 @@ Opening a store only checks (nothing is written): ``--out`` must be new, an empt
 a ctxext run (a folder with ``run.json``) made with the same settings, and writable. The
 folder and ``run.json`` are written by :meth:`RecordStore.begin`, which the runner calls once
 every check has passed (at the first record, or before the report), so that a refused run
-leaves nothing behind and never blocks the corrected rerun.
+leaves nothing behind and never blocks the corrected rerun. While the store is open the folder is
+locked: a second run into the same ``--out`` at the same time is refused instead of mixing its records in.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import json
 import os
 from pathlib import Path
 
-from ..checkpoint.atomic import atomic_write, write_json
-from ..checkpoint.locations import permitted
+from ..checkpoint.atomic import atomic_write, lock_directory, write_json
+from ..core.user_files import permitted
 from ..errors import CtxextError
 
 RECORDS = "records.jsonl"
@@ -32,17 +33,39 @@ def record_key(record: dict) -> tuple:
 
 
 class RecordStore:
+    """The records of one run directory, locked against a second writer while the store is open (a ``with``
+    block): a run that finds the directory held by another is refused, whether it existed or is created."""
+
     def __init__(self, directory: Path, settings: dict):
         self.directory = Path(directory)
         self.settings = settings
         self.records: dict[tuple, dict] = {}
         self._started = False
         self._cut = False  # records.jsonl ends with half a line (an interrupted write), trimmed by begin()
+        self._lock: int | None = None
         try:
             self._check_directory()
+            if self.directory.is_dir():
+                self._lock = lock_directory(self.directory)
             self._read_records()
         except OSError as exc:
+            self.close()
             raise CtxextError(f"{self.directory}: cannot write the report there ({exc.strerror or exc})") from None
+        except CtxextError:
+            self.close()
+            raise
+
+    def __enter__(self) -> RecordStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the directory for the next writer."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _check_directory(self) -> None:
         """Refuse an --out that is not new, empty or a run of ours with these settings; write nothing."""
@@ -103,6 +126,10 @@ class RecordStore:
         try:
             if not self._started:
                 self.directory.mkdir(parents=True, exist_ok=True)
+                if self._lock is None:
+                    self._lock = lock_directory(self.directory)
+                    self._check_directory()  # another run may have started and finished here since the first check
+                    self._read_records()
                 path = self.directory / SETTINGS
                 if not path.exists():
                     write_json(path, self.settings, sort_keys=True)

@@ -43,7 +43,7 @@ from ..checkpoint.atomic import write_json
 from ..core.plan import plan_extension
 from ..core.registry import get_method
 from ..core.rope_setup import native_length
-from ..core.validate import check_count, check_fraction, check_length
+from ..core.validate import MAX_SAMPLES, check_count, check_fraction, check_length
 from ..errors import CtxextError
 from ..model.loading import load_tokenizer
 from . import perplexity
@@ -88,8 +88,9 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("dca", lambda L, T: {"temperature": True}, "DCA with its attention temperature"),
     Candidate("self-extend", _self_extend(1 / 4), "SelfExtend, W = L/4, smallest G that reaches T"),
     Candidate("self-extend", _self_extend(1 / 2), "SelfExtend, W = L/2, smallest G that reaches T"),
-    Candidate("rerope", lambda L, T: {}, "ReRoPE, w = L/4"),
-    Candidate("rerope", lambda L, T: {"log_scaling": True}, "ReRoPE with log-n scaling"),
+    Candidate("rerope", lambda L, T: {}, "ReRoPE, w = L/4, with log-n scaling (its default)"),
+    Candidate("rerope", lambda L, T: {"log_scaling": False}, "ReRoPE, w = L/4, without log-n scaling"),
+    Candidate("lm-infinite", lambda L, T: {"window": L // 2, "top_k": 5}, "LM-Infinite, window L/2, top-5 middle keys"),
     Candidate("string", lambda L, T: {"shifted_fraction": 0.33}, "STRING, shifted fraction 0.33"),
 )
 
@@ -323,7 +324,7 @@ def tune(
     check_length(target_length)
     if short_length is not None:
         check_length(short_length)
-    check_count(samples, "--samples")
+    check_count(samples, "--samples", maximum=MAX_SAMPLES)
     if depths is None or isinstance(depths, str) or not list(depths):
         raise CtxextError("tune needs fixed needle depths (a list of numbers in [0, 1])")
     check_fraction(list(depths), "--depths")
@@ -383,72 +384,73 @@ def tune(
         _write(out, result)
         return result
     config.lengths = sorted({short, target_length})
-    store = RecordStore(out, {**config.settings(), "tune_target_length": target_length, "tune_short_length": short})
-    units = _units(rows, config, tasks, short, target_length, ppl, seed)
-    todo = [u for u in units if u not in store]
-    tokenizer = load_tokenizer(checked.location)
-    samples_by_key = build_samples(config, tokenizer, checked.model_config, todo)
-    ids = None
-    if corpus is not None:
-        ids = perplexity.text_ids(tokenizer, corpus)
-        perplexity.window_count(len(ids), target_length, config.ppl_stride)  # a corpus too short fails here
-    loaded = load_model(config) if todo or searched or budget_minutes is not None else None
-    if searched is not None:
-        found = search(loaded, ids, target_length, store, minutes=minutes, windows=search_windows, seed=seed)
-        searched.params = {"long_factor": found.factors}
-        searched.search = found.summary()
-    setups = {BASELINE: Setup(None), **{r.label: Setup(r.method, r.params, target_length=target_length) for r in rows}}
-    backend = TransformersBackend(loaded, tokenizer) if loaded is not None else None
-    windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
+    settings = {**config.settings(), "tune_target_length": target_length, "tune_short_length": short}
+    with RecordStore(out, settings) as store:
+        units = _units(rows, config, tasks, short, target_length, ppl, seed)
+        todo = [u for u in units if u not in store]
+        tokenizer = load_tokenizer(checked.location)
+        samples_by_key = build_samples(config, tokenizer, checked.model_config, todo)
+        ids = None
+        if corpus is not None:
+            ids = perplexity.text_ids(tokenizer, corpus)
+            perplexity.window_count(len(ids), target_length, config.ppl_stride)  # a corpus too short fails here
+        loaded = load_model(config) if todo or searched or budget_minutes is not None else None
+        if searched is not None:
+            found = search(loaded, ids, target_length, store, minutes=minutes, windows=search_windows, seed=seed)
+            searched.params = {"long_factor": found.factors}
+            searched.search = found.summary()
+        setups = {BASELINE: Setup(None)}
+        setups.update({r.label: Setup(r.method, r.params, target_length=target_length) for r in rows})
+        backend = TransformersBackend(loaded, tokenizer) if loaded is not None else None
+        windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
 
-    def run(todo: list[tuple]) -> None:
-        samples_by_key.update(
-            build_samples(
-                config, tokenizer, checked.model_config, [u for u in todo if (u[1], u[2], u[3]) not in samples_by_key]
+        def run(todo: list[tuple]) -> None:
+            new = [u for u in todo if (u[1], u[2], u[3]) not in samples_by_key]
+            samples_by_key.update(build_samples(config, tokenizer, checked.model_config, new))
+            failed = run_units(
+                backend, todo, setups, samples_by_key, store, windows=windows, desc="tune", skip_failed=True
             )
-        )
-        failed = run_units(backend, todo, setups, samples_by_key, store, windows=windows, desc="tune", skip_failed=True)
-        for row in rows:
-            row.error = failed.get(row.label, row.error)
+            for row in rows:
+                row.error = failed.get(row.label, row.error)
 
-    if todo:
-        run(todo)
-    plan = (
-        _halve(rows, store, run, config.samples, tasks, target_length, budget_minutes * 60)
-        if budget_minutes is not None
-        else []
-    )
-    if backend is not None:
-        backend.close()
-    store.begin()
-    baseline_short = _mean(store, BASELINE, short, tasks)
-    for row in rows:
-        if row.error is None:
-            row.target_score = _mean(store, row.label, target_length, tasks)
-            row.short_score = _mean(store, row.label, short, tasks)
-            row.perplexity = _perplexity(store, row.label, target_length) if ppl else None
-            row.seconds = round(sum(r["seconds"] for k, r in store.records.items() if k[0] == row.label), 3)
-    ranked = rank(rows, baseline_short)
-    config_only = next((r for r in ranked if r.error is None and get_method(r.method).stock_loadable), None)
-    result = TuneResult(
-        str(model),
-        target_length,
-        short,
-        native,
-        ranked,
-        baseline_short,
-        _pick(ranked[0]),
-        False,
-        out,
-        cache,
-        tasks,
-        None if config_only is None else _pick(config_only),
-        budget_minutes,
-        plan,
-    )
-    auto.write_cached(model, checked.location.directory, target_length, result.to_dict())
-    _write(out, result)
-    return result
+        if todo:
+            run(todo)
+        plan = (
+            _halve(rows, store, run, config.samples, tasks, target_length, budget_minutes * 60)
+            if budget_minutes is not None
+            else []
+        )
+        if backend is not None:
+            backend.close()
+        store.begin()
+        baseline_short = _mean(store, BASELINE, short, tasks)
+        for row in rows:
+            if row.error is None:
+                row.target_score = _mean(store, row.label, target_length, tasks)
+                row.short_score = _mean(store, row.label, short, tasks)
+                row.perplexity = _perplexity(store, row.label, target_length) if ppl else None
+                row.seconds = round(sum(r["seconds"] for k, r in store.records.items() if k[0] == row.label), 3)
+        ranked = rank(rows, baseline_short)
+        config_only = next((r for r in ranked if r.error is None and get_method(r.method).stock_loadable), None)
+        result = TuneResult(
+            str(model),
+            target_length,
+            short,
+            native,
+            ranked,
+            baseline_short,
+            _pick(ranked[0]),
+            False,
+            out,
+            cache,
+            tasks,
+            None if config_only is None else _pick(config_only),
+            budget_minutes,
+            plan,
+        )
+        auto.write_cached(model, checked.location.directory, target_length, result.to_dict())
+        _write(out, result)
+        return result
 
 
 def _halve(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..core.params import MethodConfig, param
 from ..core.registry import RopeMethod, Scaling, register
+from ..core.user_files import read_text_file
 from ..errors import CtxextError
 from ._shared import base_parameters
 
@@ -52,11 +53,10 @@ def read_factors(name: str, spec: str) -> list[float]:
     if not spec.startswith("@"):
         raise CtxextError(f"longrope {name} must be numbers or '@FILE' (a JSON list of numbers), got {spec!r}")
     path = Path(spec[1:]).expanduser()
+    text = read_text_file(path, "JSON file", f"longrope {name} {spec}")
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CtxextError(f"longrope {name} {spec}: cannot read {path} ({exc.strerror or exc})") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+        values = json.loads(text)
+    except ValueError as exc:
         raise CtxextError(f"longrope {name} {spec}: {path} is not JSON ({str(exc).splitlines()[0]})") from None
     if (
         not isinstance(values, list)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.user_files import read_text_file
 from ..errors import CtxextError
 from .pose import pose_position_ids
 
@@ -24,10 +25,7 @@ def read_texts(path: str | Path) -> list[str]:
         texts = _dataset_texts(path)
     elif path.suffix == ".jsonl":
         texts = []
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise CtxextError(f"data {path}: not UTF-8 text") from None
+        lines = read_text_file(path, "data file", f"data {path}").splitlines()
         for number, line in enumerate(lines, 1):
             if line.strip():
                 try:
@@ -35,10 +33,7 @@ def read_texts(path: str | Path) -> list[str]:
                 except (ValueError, KeyError, TypeError):
                     raise CtxextError(f"data {path}:{number}: expected a JSON object with a 'text' field") from None
     else:
-        try:
-            texts = [path.read_text(encoding="utf-8")]
-        except UnicodeDecodeError:
-            raise CtxextError(f"data {path}: not UTF-8 text") from None
+        texts = [read_text_file(path, "data file", f"data {path}")]
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise CtxextError(f"data {path}: no text in it")

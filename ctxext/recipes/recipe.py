@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from ..core.validate import MAX_LENGTH
 from ..errors import CtxextError
 
 POSITIONS = ("pose", "dense")
@@ -54,6 +55,11 @@ class Recipe:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CtxextError(f"recipe '{self.name}': {name} must be a positive integer, got {value!r}")
+        if self.batch_size * self.seq_len > MAX_LENGTH:
+            raise CtxextError(
+                f"recipe '{self.name}': batch_size {self.batch_size} x seq_len {self.seq_len} tokens per step is "
+                f"above ctxext's limit of {MAX_LENGTH} (4m)"
+            )
         if not self.lr > 0:
             raise CtxextError(f"recipe '{self.name}': lr must be positive, got {self.lr!r}")
         if self.warmup_steps < 0 or not 0 <= self.lora_dropout < 1:

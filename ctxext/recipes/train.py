@@ -19,11 +19,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..checkpoint.atomic import locked_output
 from ..checkpoint.default_model import ALIAS
 from ..checkpoint.locations import ensure_new_output, resolve_model_path
 from ..core.plan import plan_extension
 from ..core.record import ExtensionRecord
-from ..core.validate import check_count, check_token_ids
+from ..core.rope_setup import text_config
+from ..core.validate import MAX_STEPS, check_count, check_token_ids
 from ..errors import CtxextError
 from ..eval.perplexity import perplexity
 from ..model.extend import extend
@@ -87,6 +89,7 @@ def finetune(
     recipe = _resolve_recipe(recipe, recipe_overrides)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise CtxextError(f"steps must be a positive integer, got {steps!r}")
+    check_count(steps, "steps", maximum=MAX_STEPS)
     if precision not in PRECISIONS:
         raise CtxextError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     check_count(save_every, "save_every", minimum=0)
@@ -125,6 +128,9 @@ def finetune(
         params=method_params,
     )
     target = plan.record.target_length
+    hidden = getattr(text_config(config), "hidden_size", None)
+    if isinstance(hidden, int) and recipe.lora_r > hidden:
+        raise CtxextError(f"lora_r {recipe.lora_r} is above the model's hidden size {hidden}: no rank can exceed it")
     if recipe.seq_len > target:
         raise CtxextError(f"seq-len {recipe.seq_len} is above the target length {target}")
     if texts is not None and tokenizer is None:
@@ -140,90 +146,92 @@ def finetune(
     if resume:
         _check_resume(out, _settings(recipe, plan.record, seed, precision, eval_length, ids), steps)
 
-    base_model = None
-    if not loaded:
-        base_model, model = _load(model)
-    extend(
-        model,
-        method,
-        factor=factor,
-        target_length=target_length,
-        original_length=original_length,
-        replace=replace,
-        **(method_params or {}),
-    )
-    record = ExtensionRecord.of(model.config)
-    model.to(device)
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    torch.manual_seed(seed)
-    peft_model = wrap_with_lora(model, recipe)
-    generator = torch.Generator().manual_seed(seed)
-    sampler = WindowSampler(train_ids, recipe.seq_len, target, recipe.positions, recipe.pose_chunks, generator)
-    optimizer, scheduler = _optimizer(peft_model, recipe)
-    settings = _settings(recipe, record, seed, precision, eval_length, ids)
+    with locked_output(out):  # created only now that every check has passed; a second writer is refused
+        if not resume:
+            ensure_new_output(out)  # another run may have filled it since the check above
+        base_model = None
+        if not loaded:
+            base_model, model = _load(model)
+        extend(
+            model,
+            method,
+            factor=factor,
+            target_length=target_length,
+            original_length=original_length,
+            replace=replace,
+            **(method_params or {}),
+        )
+        record = ExtensionRecord.of(model.config)
+        model.to(device)
+        bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+        if gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(seed)
+        peft_model = wrap_with_lora(model, recipe)
+        generator = torch.Generator().manual_seed(seed)
+        sampler = WindowSampler(train_ids, recipe.seq_len, target, recipe.positions, recipe.pose_chunks, generator)
+        optimizer, scheduler = _optimizer(peft_model, recipe)
+        settings = _settings(recipe, record, seed, precision, eval_length, ids)
 
-    start, extra = 0, {}
-    if resume:
-        start, extra = load_checkpoint(checkpoints(out)[-1], peft_model, optimizer, scheduler, generator, settings)
-        if start >= steps:
-            raise CtxextError(f"the last checkpoint is at step {start}; ask for more steps than that to resume")
-    before = extra.get("perplexity_before")
-    # the held-out tokens and the one before them: an eval window of eval_length positions scores every held-out token
-    held_out = None if eval_ids is None else torch.cat([train_ids[-1:], eval_ids]).to(device)
-    if held_out is not None and before is None:
-        before = perplexity(peft_model, held_out, eval_length)
+        start, extra = 0, {}
+        if resume:
+            start, extra = load_checkpoint(checkpoints(out)[-1], peft_model, optimizer, scheduler, generator, settings)
+            if start >= steps:
+                raise CtxextError(f"the last checkpoint is at step {start}; ask for more steps than that to resume")
+        before = extra.get("perplexity_before")
+        # the held-out tokens and the one before them: a window of eval_length positions scores every held-out token
+        held_out = None if eval_ids is None else torch.cat([train_ids[-1:], eval_ids]).to(device)
+        if held_out is not None and before is None:
+            before = perplexity(peft_model, held_out, eval_length)
 
-    def checkpoint(step: int) -> None:
-        if save_every and (step % save_every == 0 or step == steps):
-            save_checkpoint(
-                out,
-                step,
-                peft_model,
-                optimizer,
-                scheduler,
-                generator,
-                settings,
-                {"perplexity_before": before},
-                keep_checkpoints,
-            )
+        def checkpoint(step: int) -> None:
+            if save_every and (step % save_every == 0 or step == steps):
+                save_checkpoint(
+                    out,
+                    step,
+                    peft_model,
+                    optimizer,
+                    scheduler,
+                    generator,
+                    settings,
+                    {"perplexity_before": before},
+                    keep_checkpoints,
+                )
 
-    out.mkdir(exist_ok=True)  # (--resume: it exists) created only now that every check has passed
-    losses, rate = _train(
-        peft_model,
-        sampler,
-        recipe,
-        optimizer,
-        scheduler,
-        range(start + 1, steps + 1),
-        device,
-        bf16,
-        progress,
-        checkpoint,
-    )
-    if gradient_checkpointing:
-        model.activation_checkpointing_disable()
-    peft_model.eval()
-    meta = {
-        "base_model": base_model,
-        "recipe": dataclasses.asdict(recipe),
-        "extension": record.to_dict(),
-        "steps": steps,
-        "seed": seed,
-        "eval": None,
-    }
-    save_adapter(peft_model, out, meta, tokenizer)
-    after = None
-    if held_out is not None:
-        after = perplexity(peft_model, held_out, eval_length)
-        meta["eval"] = {"length": eval_length, "perplexity_before": before, "perplexity_after": after}
-        write_meta(out, meta)
-    trained, merged = peft_model, None
-    if merge:
-        trained = peft_model.merge_and_unload()
-        merged = save_merged(trained, out, tokenizer)
-    return FinetuneResult(out, steps, losses, rate, eval_length, before, after, merged, trained)
+        losses, rate = _train(
+            peft_model,
+            sampler,
+            recipe,
+            optimizer,
+            scheduler,
+            range(start + 1, steps + 1),
+            device,
+            bf16,
+            progress,
+            checkpoint,
+        )
+        if gradient_checkpointing:
+            model.activation_checkpointing_disable()
+        peft_model.eval()
+        meta = {
+            "base_model": base_model,
+            "recipe": dataclasses.asdict(recipe),
+            "extension": record.to_dict(),
+            "steps": steps,
+            "seed": seed,
+            "eval": None,
+        }
+        save_adapter(peft_model, out, meta, tokenizer)
+        after = None
+        if held_out is not None:
+            after = perplexity(peft_model, held_out, eval_length)
+            meta["eval"] = {"length": eval_length, "perplexity_before": before, "perplexity_after": after}
+            write_meta(out, meta)
+        trained, merged = peft_model, None
+        if merge:
+            trained = peft_model.merge_and_unload()
+            merged = save_merged(trained, out, tokenizer)
+        return FinetuneResult(out, steps, losses, rate, eval_length, before, after, merged, trained)
 
 
 def _resolve_recipe(recipe: str | Recipe, overrides: dict[str, Any]) -> Recipe:

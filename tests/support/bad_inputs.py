@@ -16,7 +16,7 @@ BAD_MODELS = [
     ("{ws}/missing", "{ws}/missing: no such file or directory"),
     ("{ws}/noconfig", "{ws}/noconfig: no config.json in this directory"),
     ("{ws}/notes.txt", "{ws}/notes.txt: expected a model directory or a .gguf file"),
-    ("{ws}/badconfig", "{ws}/badconfig: cannot read the model's config"),
+    ("{ws}/badconfig", "{ws}/badconfig/config.json: not valid JSON"),
     ("{ws}/fake.gguf", "{ws}/fake.gguf: cannot read the model's config"),
     ("{ws}/gpt2", "model type 'gpt2' has no rotary"),
     ("{ws}/notokenizer", "{ws}/notokenizer: cannot load its tokenizer"),

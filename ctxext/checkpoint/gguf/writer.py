@@ -19,9 +19,9 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ...core.user_files import permitted
 from ...errors import CtxextError
 from ..atomic import new_file
-from ..locations import permitted
 from .mapping import GGUFPatch, plan_gguf_patch
 from .reader import SCALAR_FORMATS, STRING, GGUFLayout, aligned, read_layout
 
