@@ -49,6 +49,8 @@ ROWS: dict[str, tuple[str | None, dict]] = {
     "gali-nonoise": ("gali", {"noise": False}),
     "block-retrieval": ("block-retrieval", {}),  # n_sink 128, window 4096, block_size 64, top_k 8 for L = 8192
     "block-retrieval-w2048": ("block-retrieval", {"window": 2048}),  # retrieved blocks nearer, half the window's work
+    # the factors LongRoPE's search found for 16k (ctxext tune --methods longrope, BENCHMARKS.md)
+    "longrope-searched-16k": ("longrope", {"long_factor": "@docs/records/longrope-factors-16k.json"}),
 }
 
 
