@@ -42,12 +42,12 @@ PROSE = "the sky is blue and the grass is green while a river runs down to the s
 
 
 @contextlib.contextmanager
-def serving(model, **settings):
+def serving(model, timeout: float = 120, **settings):
     """A server for ``model`` on a free loopback port, in a thread, and an ``openai`` client of it."""
     server = open_server(ServeConfig(model=str(model), port=0, **settings))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=timeout)
     try:
         yield server, client
     finally:
@@ -346,7 +346,7 @@ def test_smollm2_beyond_8k_answers_as_from_pretrained_extend_and_generate():
     haystack = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. " * 500)[:-1]
     question = "The pass key is 72814. Remember it. " + haystack + " What is the pass key? The pass key is"
     messages = [{"role": "user", "content": question}]
-    with serving("smollm2", **extension) as (server, client):
+    with serving("smollm2", timeout=3600, **extension) as (server, client):
         answer = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=12, temperature=0)
         tokenizer = server.engine.tokenizer
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

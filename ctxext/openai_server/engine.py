@@ -37,8 +37,9 @@ class Engine:
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer refuses two threads at once ("Already borrowed")
         self._jobs: queue.Queue[Generation | None] = queue.Queue()
         self._running: Generation | None = None
-        self._worker = threading.Thread(target=self._work, name="ctxext-serve-generate", daemon=True)
-        self._worker.start()
+        # not a daemon: a thread still inside a torch operation when the interpreter exits aborts the process
+        self._worker = threading.Thread(target=self._work, name="ctxext-serve-generate")
+        self._stopped = False
 
     def check_model(self, requested: str) -> None:
         if requested != self.name:
@@ -84,9 +85,16 @@ class Engine:
         self._jobs.put(generation)
         return generation
 
+    def start(self) -> None:
+        """Start the worker that runs the queued generations."""
+        self._worker.start()
+
     def stop(self) -> None:
         """End the running generation and every queued one now (on the event loop: the server is stopping), and
         the worker after them; their requests are answered 503."""
+        if self._stopped:
+            return
+        self._stopped = True
         pending = [self._running]
         while not self._jobs.empty():
             pending.append(self._jobs.get_nowait())
@@ -94,6 +102,11 @@ class Engine:
             if generation is not None:
                 generation.abort("the server is stopping")
         self._jobs.put(None)
+
+    def join(self) -> None:
+        """Wait for the worker to end after ``stop`` (the running generation stops at its next token)."""
+        if self._worker.is_alive():
+            self._worker.join()
 
     def _work(self) -> None:
         while (generation := self._jobs.get()) is not None:

@@ -1,7 +1,7 @@
 """Starting ``ctxext serve``: :func:`open_server` checks everything that needs no weights and takes the port, then
 loads the model (``from_pretrained``: a patched checkpoint comes back extended) and extends it with the method
 asked for; :meth:`Server.run` serves it with uvicorn until Ctrl-C or SIGTERM, which end the running generation
-and every queued one at once."""
+at its next token and every queued one at once."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ STOP_GRACE_SECONDS = 3  # how long a stop waits for the open responses to end (t
 
 @dataclass
 class ServeConfig:
+    """What ``ctxext serve`` is asked to serve, and where."""
+
     model: str
     method: str | None = None  # None: the model as it loads (a patched checkpoint keeps its patch)
     factor: float | None = None
@@ -71,11 +73,15 @@ class Server:
 
     def run(self) -> None:
         """Serve until stopped: by Ctrl-C or SIGTERM when run on the main thread (raised again as
-        KeyboardInterrupt once the server has stopped), or by :meth:`stop`."""
+        KeyboardInterrupt once the server has stopped), or by :meth:`stop`. A stop ends every answer at its next
+        token and returns once the model has stopped (a prompt's first pass runs to its end first)."""
+        self.engine.start()
         try:
             self._server.run(sockets=[self.socket])
         finally:
             self.socket.close()
+            self.engine.stop()  # done at uvicorn's shutdown, unless it failed to start
+            self.engine.join()
 
     def stop(self) -> None:
         """Ask the server, running in another thread, to stop."""
