@@ -83,7 +83,7 @@ def test_the_import_graph_of_the_package_is_acyclic():
 LAYERS = (
     ("ctxext.errors", "ctxext.version", "ctxext.core"),
     ("ctxext.model", "ctxext.methods", "ctxext.checkpoint", "ctxext.auto", "ctxext.serving"),
-    ("ctxext.eval", "ctxext.recipes"),
+    ("ctxext.eval", "ctxext.recipes", "ctxext.openai_server"),
     ("ctxext.cli",),
 )
 

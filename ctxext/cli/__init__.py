@@ -18,7 +18,7 @@ from ..errors import CtxextError, one_line
 from ..version import __version__
 
 # subcommand -> its module in this package; the order is the order of ``ctxext --help``
-COMMANDS = ("patch", "unpatch", "methods", "info", "passkey", "probe", "eval", "tune", "finetune")
+COMMANDS = ("patch", "unpatch", "methods", "info", "passkey", "probe", "eval", "tune", "finetune", "serve")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -7,8 +7,9 @@ import torch
 from ..model.compat import cache_keyword, returned_cache
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids = {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
+def eos_ids(model, tokenizer) -> set[int]:
+    """The token ids that end an answer: the tokenizer's end of sequence and the generation config's."""
+    ids = (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None))  # either may be a list
     found: set[int] = set()
     for value in ids:
         if isinstance(value, (list, tuple)):
@@ -23,7 +24,7 @@ def greedy_generate(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple
     """The greedy continuation of ``prompt`` (special tokens dropped) and the prompt's token count."""
     device = next(model.parameters()).device
     input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=True)["input_ids"].to(device)
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
     keyword = cache_keyword(model)
     generated: list[int] = []

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..auto import is_auto, resolve
 from ..checkpoint.locations import ModelLocation, resolve_model_path
 from ..core.plan import auto_target, plan_extension
@@ -30,8 +28,8 @@ from ..core.validate import (
     check_memory,
     check_token_ids,
 )
-from ..errors import CtxextError, one_line
-from ..model.loading import check_device, load_tokenizer, load_weights, model_config
+from ..errors import CtxextError
+from ..model.loading import check_device, load_on_device, load_tokenizer, model_config
 from . import perplexity
 from .backend import Setup, TransformersBackend
 from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL, THRESHOLD
@@ -264,11 +262,7 @@ def setups(config: EvalConfig) -> dict[str, Setup]:
 
 def load_model(config: EvalConfig):
     """The model, on ``config.device`` in ``config.dtype``, with any ctxext patch of its checkpoint re-applied."""
-    model = load_weights(config.model, dtype=getattr(torch, config.dtype))
-    try:
-        return model.to(config.device).eval()
-    except RuntimeError as exc:  # e.g. out of device memory
-        raise CtxextError(f"--device {config.device}: cannot move the model there ({one_line(exc)})") from None
+    return load_on_device(config.model, config.dtype, config.device)
 
 
 def passkey_check(

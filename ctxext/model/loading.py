@@ -103,6 +103,17 @@ def load_weights(path, **kwargs: Any):
         ) from None
 
 
+def load_on_device(path, dtype: str, device: str) -> nn.Module:
+    """``load_weights`` in ``dtype`` (a name: ``"float32"``, ...), moved to ``device``, in eval mode."""
+    import torch
+
+    model = load_weights(path, dtype=getattr(torch, dtype))
+    try:
+        return model.to(device).eval()
+    except RuntimeError as exc:  # e.g. out of device memory
+        raise CtxextError(f"--device {device}: cannot move the model there ({one_line(exc)})") from None
+
+
 def check_device(device) -> Any:
     """``device`` as a ``torch.device`` that exists on this machine; a one-line error otherwise."""
     import torch

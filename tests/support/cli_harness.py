@@ -34,6 +34,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 DRIVER = r"""
 import json, os, runpy, sys, time
 import ctxext.cli, ctxext.cli.eval, ctxext.eval.runner, ctxext.eval.report, ctxext.recipes.train  # once
+import ctxext.openai_server.launch  # fastapi and uvicorn, once
 import transformers
 from transformers import AutoConfig, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast  # noqa: F401
 
