@@ -13,7 +13,6 @@ markdown table, and the found factors to ``--factors`` (the JSON list ``--long-f
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -77,7 +76,8 @@ def main() -> None:
             "perplexity": {name: value for name, (value, _) in rows.items()},
         },
     )
-    print(f"| configuration | perplexity at {args.target_length} ({args.windows} window(s) of {source}) | s per forward |")
+    windows = f"{args.windows} window(s) of {source}"
+    print(f"| configuration | perplexity at {args.target_length} ({windows}) | s per forward |")
     print("|---|---|---|")
     for name, (value, seconds) in rows.items():
         print(f"| {name} | {value:.3f} | {'-' if seconds is None else f'{seconds:.0f}'} |")
