@@ -307,7 +307,9 @@ WINNER = {"method": "yarn", "params": {}, "label": "yarn"}
         "config-only-not-stock",
     ],
 )
-def test_a_tampered_cache_file_is_one_line_naming_the_file_and_the_field(tiny_dir, tmp_path, content, field, capsys):
+def test_a_tampered_cache_file_is_refused_in_one_line_naming_the_file_and_the_field(
+    tiny_dir, tmp_path, content, field, capsys
+):
     path = auto.cache_path(str(tiny_dir), tiny_dir, 256)
     path.parent.mkdir(parents=True)
     path.write_text(content if isinstance(content, str) else json.dumps(content))
