@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install lint test test-slow test-engines engines test-oldest-transformers demo clean
+.PHONY: install lint test test-slow test-engines engines test-oldest-transformers test-transformers4 demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,20 @@ $(OLDEST)/.built:
 test-oldest-transformers: $(OLDEST)/.built
 	$(OLDEST)/bin/python -m pytest -q
 
+# The stock-reload promise on the real transformers 4.x (the newest 4.x on PyPI, without ctxext): configs patched
+# here under transformers 5 are loaded there by a probe script (tests/transformers4/), whose rotary tables and
+# attention scaling tests/test_transformers4.py compares with transformers 5's
+TF4 := .venv-transformers4
+
+$(TF4)/.built:
+	$(PYTHON) -m venv $(TF4)
+	$(TF4)/bin/python -m pip install -q torch==2.13.0
+	$(TF4)/bin/python -m pip install -q "transformers>=4,<5"
+	touch $@
+
+test-transformers4: install $(TF4)/.built
+	$(PY) -m pytest -q -m transformers4
+
 demo: install
 	# before/after at 16k, twice SmolLM2's native 8k, where the unpatched model fails: single-needle retrieval in
 	# real prose (2 prompts, needle at 25% and 75%) and one perplexity window, unpatched vs what --method auto
@@ -73,4 +87,4 @@ demo: install
 		--samples 2 --depths 0.25,0.75 --out build/demo
 
 clean:
-	rm -rf $(VENV) $(ENGINES) $(OLDEST) build .pytest_cache
+	rm -rf $(VENV) $(ENGINES) $(OLDEST) $(TF4) build .pytest_cache

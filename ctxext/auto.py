@@ -13,8 +13,10 @@
    scaling retrieved every key of the first 5 prompts, DCA with its temperature 6/10, and in
    the earlier 5-prompt run yarn (the best config-only method) 2/5.
 
-The cache is one JSON file per key in ``$CTXEXT_CACHE`` (default ``~/.cache/ctxext/tune``). This
-module reads and writes files only; it never loads a model.
+The cache is one JSON file per key in ``$CTXEXT_CACHE`` (default ``~/.cache/ctxext/tune``). Its folder is
+checked before any work (``check_cache_dir``: ``tune`` needs to write it, ``auto`` to read it), and a cached
+file that is there but damaged or edited is refused, naming the file and the field (``read_cached``), never
+taken for "no result". This module reads and writes files only; it never loads a model.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint.atomic import write_json
+from .core.registry import get_method
+from .core.user_files import permitted, special_kind
 from .errors import CtxextError
 
 AUTO = "auto"
@@ -42,6 +46,32 @@ def cache_dir() -> Path:
     """``$CTXEXT_CACHE`` if set, else ``~/.cache/ctxext/tune``."""
     override = os.environ.get("CTXEXT_CACHE")
     return Path(override).expanduser() if override else Path.home() / ".cache" / "ctxext" / "tune"
+
+
+def check_cache_dir(*, writable: bool) -> Path:
+    """The cache folder, refused now rather than after the work when it cannot serve: something other than a
+    folder there, a folder that cannot be read, or (``writable``: ``tune``) one that cannot be written or
+    created."""
+    folder = cache_dir()
+    label = f"CTXEXT_CACHE={folder}" if os.environ.get("CTXEXT_CACHE") else str(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    kind = special_kind(existing) if existing.exists() else "a broken symbolic link"
+    if kind != "a directory":
+        what = f"{existing} is {kind or 'a file'}" if existing != folder else f"is {kind or 'a file'}"
+        raise CtxextError(f"{label}: {what}, not a folder for the tune cache; set CTXEXT_CACHE to a folder")
+    if existing == folder and not permitted(folder, os.R_OK | os.X_OK, 0o444):
+        raise CtxextError(f"{label}: the tune cache folder is not readable; set CTXEXT_CACHE to a readable folder")
+    if writable and not permitted(existing, os.W_OK | os.X_OK, 0o222):
+        where = "the tune cache folder" if existing == folder else f"{existing}, where it would be created,"
+        raise CtxextError(f"{label}: {where} is not writable; set CTXEXT_CACHE to a writable folder")
+    return folder
+
+
+def damaged(path: Path, field: str, problem: str) -> CtxextError:
+    """The one-line refusal of an edited or damaged cached tune result."""
+    return CtxextError(
+        f"{path}: damaged tune cache, {field}: {problem}; delete the file or run 'ctxext tune --refresh'"
+    )
 
 
 def config_hash(directory: str | Path) -> str | None:
@@ -70,15 +100,49 @@ def cache_path(model: str | Path, directory: str | Path, target_length: int) -> 
 
 
 def read_cached(model: str | Path, directory: str | Path, target_length: int) -> dict | None:
-    """The cached tune result for this key, or None (a damaged file counts as none)."""
+    """The cached tune result for this key, or None when there is none. A file that is there but is not the
+    result ``tune`` wrote (not JSON, a winner that is no method, parameters the method refuses) is refused."""
     path = cache_path(model, directory, target_length)
+    if not path.exists() and not path.is_symlink():
+        return None
+    kind = special_kind(path)
+    if kind is not None:
+        raise damaged(path, "the file", f"is {kind}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("winner"), dict):
-        return None
+    except OSError as exc:
+        raise damaged(path, "the file", f"cannot be read ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise damaged(path, "the file", f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise damaged(path, "the file", "not a JSON object")
+    _check_pick(path, "winner", data.get("winner"))
+    if data.get("config_only_winner") is not None:
+        _check_pick(path, "config_only_winner", data["config_only_winner"], stock_loadable=True)
     return data
+
+
+def _check_pick(path: Path, field: str, pick: Any, *, stock_loadable: bool = False) -> None:
+    """A cached choice: {"method": a registered method, "params": its parameters, "label": text}."""
+    if not isinstance(pick, dict):
+        raise damaged(path, field, f"must be an object with method and params, got {pick!r}")
+    method, params = pick.get("method"), pick.get("params", {})
+    if not isinstance(method, str) or is_auto(method):
+        raise damaged(path, f"{field}.method", f"must be a method name, got {method!r}")
+    if not isinstance(params, dict):
+        raise damaged(path, f"{field}.params", f"must be an object, got {params!r}")
+    if not isinstance(pick.get("label", ""), str):
+        raise damaged(path, f"{field}.label", f"must be text, got {pick['label']!r}")
+    try:
+        found = get_method(method)
+    except CtxextError:
+        raise damaged(path, f"{field}.method", f"{method!r} is not a ctxext method") from None
+    try:
+        found.config_class.from_params(found.name, params)
+    except (CtxextError, TypeError) as exc:
+        raise damaged(path, f"{field}.params", str(exc)) from None
+    if stock_loadable and not found.stock_loadable:
+        raise damaged(path, f"{field}.method", f"'{method}' is not loaded by stock engines from config.json")
 
 
 def write_cached(model: str | Path, directory: str | Path, target_length: int, data: dict) -> Path:
@@ -110,6 +174,7 @@ def resolve(
     parameters the caller was given, refused (``auto`` chooses its own)."""
     if params:
         raise CtxextError(f"method 'auto' chooses its parameters; give a method to set {', '.join(sorted(params))}")
+    check_cache_dir(writable=False)
     if model is not None and directory is not None:
         cached = read_cached(model, directory, target_length)
         if cached is not None:

@@ -6,8 +6,13 @@ engines' own, read from their code:
 - **transformers 5.x** reads ``rope_parameters``; a ``rope_scaling`` key in config.json
   replaces it wholesale (``convert_rope_params_to_dict``: ``rope_scaling or rope_parameters``).
   It does not cap the prompt length. Rope types it does not know (``ctxext_*``) need ctxext.
-- **transformers 4.x** reads ``rope_scaling`` and the top-level ``rope_theta`` only: a config
-  written only for 5.x loads there without its scaling, silently.
+- **transformers 4.x** reads ``rope_scaling`` and the top-level ``rope_theta`` only (GPT-NeoX:
+  ``rotary_emb_base``): a config written only for 5.x loads there without its scaling, silently. Its
+  ``longrope`` takes the native length from the top-level ``original_max_position_embeddings`` only
+  (without it, ``max_position_embeddings``: the short factors and another attention factor), and its
+  Phi-3 config accepts a ``rope_scaling`` of exactly ``type``, ``short_factor`` and ``long_factor``.
+  ``transformers4_fields`` is what ctxext writes for it; ``tests/test_transformers4.py`` checks both
+  against the real 4.x.
 - **vLLM** (``_get_and_verify_max_len``) takes the rope from ``rope_scaling`` / ``rope_parameters``
   (the same dict transformers ends with), knows ``default, linear, dynamic, yarn, llama3,
   longrope`` (others raise), and derives the longest sequence it accepts: for ``longrope`` and
@@ -23,6 +28,7 @@ engines' own, read from their code:
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 from dataclasses import dataclass
@@ -38,6 +44,11 @@ VLLM_ROPE_TYPES = ("default",) + LEGACY_ROPE_TYPES
 DEFAULT_THETA = 10000.0
 DCA_MODEL_TYPES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
 DUAL_CHUNK = "dual_chunk_attention_config"  # SGLang's DCA section of config.json
+# transformers 4.x: the top-level key each model type takes the rotary base from (the others: rope_theta)
+BASE_KEY_4X = {"gpt_neox": "rotary_emb_base", "gpt_neox_japanese": "rotary_emb_base"}
+BASE_KEYS = ("rope_theta", *sorted(set(BASE_KEY_4X.values())))  # top-level copies of the base ctxext writes
+# transformers 4.x configs that accept only Phi-3's longrope rope_scaling: type, short_factor, long_factor
+THREE_FIELD_LONGROPE = ("phi3", "phi4_multimodal")
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,26 @@ class EngineView:
     max_length: int | None  # longest sequence it accepts without flags (None: not capped)
     extended: bool  # it reproduces the ctxext extension as transformers 5 + ctxext do
     note: str = ""  # one line: what goes wrong, or what to know
+
+
+def transformers4_fields(model_type: str | None, rope: dict[str, Any]) -> dict[str, Any]:
+    """The top-level config.json fields from which transformers 4.x reads ``rope``, a flat rope section of
+    transformers 5 (``rope_parameters``): the base (``rope_theta``, and ``rotary_emb_base`` where 4.x reads
+    that), ``rope_scaling`` for the rope types 4.x knows (a copy, since 5.x lets it replace ``rope_parameters``)
+    and, for ``longrope``, the native length, which 4.x reads only at the top level."""
+    fields = {}
+    if "rope_theta" in rope:
+        fields["rope_theta"] = rope["rope_theta"]
+        if model_type in BASE_KEY_4X:
+            fields[BASE_KEY_4X[model_type]] = rope["rope_theta"]
+    rope_type = rope.get("rope_type")
+    if rope_type in LEGACY_ROPE_TYPES:
+        fields["rope_scaling"] = {**json.loads(json.dumps(rope)), "type": rope_type}
+    if rope_type == "longrope":
+        fields["original_max_position_embeddings"] = rope["original_max_position_embeddings"]
+        if model_type in THREE_FIELD_LONGROPE and rope.get("attention_factor") is None:
+            fields["rope_scaling"] = {k: fields["rope_scaling"][k] for k in ("type", "short_factor", "long_factor")}
+    return fields
 
 
 def _flat(params: Any) -> dict[str, Any] | None:
@@ -135,17 +166,25 @@ def _transformers5(config: dict[str, Any], kind: str, method: str | None) -> Eng
 def _transformers4(config: dict[str, Any], t5: EngineView, kind: str, method: str | None) -> EngineView:
     params = _flat(config.get("rope_scaling"))
     rope_type = _rope_type(params)
-    theta = float(config.get("rope_theta", DEFAULT_THETA))
+    model_type = config.get("model_type")
+    theta = float(config.get(BASE_KEY_4X.get(model_type, "rope_theta"), DEFAULT_THETA))
     if rope_type.startswith("ctxext_"):
         return EngineView(
             "transformers-4", False, None, None, theta, None, False, f"transformers 4.x has no rope type '{rope_type}'"
         )
+    if model_type in THREE_FIELD_LONGROPE and params and set(params) != {"type", "short_factor", "long_factor"}:
+        note = "transformers 4.x's Phi-3 config refuses a rope_scaling other than type, short_factor and long_factor"
+        return EngineView("transformers-4", False, None, None, theta, None, False, note)
     factor = _factor(params) if rope_type != "default" else None
+    if model_type in THREE_FIELD_LONGROPE and rope_type == "longrope":
+        factor = t5.factor  # 4.x's Phi-3 takes it from max_position_embeddings / original_max_position_embeddings
+    native = config.get("original_max_position_embeddings")  # 4.x's longrope reads it only here
     same = (
         t5.loads
         and rope_type == t5.rope_type
         and _same(factor, t5.factor if rope_type != "default" else None)
         and _same(theta, t5.rope_theta)
+        and (rope_type != "longrope" or native == params.get("original_max_position_embeddings", native))
     )
     if kind == "attention":
         note = _attention_note(method)
@@ -262,7 +301,7 @@ def serve_commands(config_json: dict[str, Any], path: str | Path) -> list[str]:
         lines.append(f"transformers: AutoModelForCausalLM.from_pretrained({str(path)!r})")
     else:
         lines.append(f"transformers: {t5.note}; ctxext re-applies it: ctxext.from_pretrained({str(path)!r})")
-    if t4.note and t4.loads and not t4.extended and t5.extended:
+    if t4.note and not t4.extended and t5.extended:
         lines.append(f"transformers 4.x: cannot: {t4.note}")
     for engine, name in (("vllm", "vLLM"), ("sglang", "SGLang")):
         view = views[engine]

@@ -45,8 +45,7 @@ def snapshot(directory: Path) -> dict[str, str]:
 def test_help_everywhere(capsys):
     assert "usage: ctxext" in ctxext("--help").stdout
     for command in ("patch", "unpatch", "info", "methods", "passkey", "probe"):
-        with pytest.raises(SystemExit):
-            main([command, "--help"])
+        assert main([command, "--help"]) == 0
         assert "usage: ctxext " + command in capsys.readouterr().out
 
 

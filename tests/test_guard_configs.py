@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 
 import pytest
+import torch
 
 import ctxext
 from ctxext.core.config_check import check_config_fields, check_loadable, check_model_config
@@ -124,6 +126,31 @@ def test_extend_refuses_a_model_whose_config_is_out_of_range(field, value, messa
     with pytest.raises(CtxextError, match=f"the model's config: {message}"):
         ctxext.extend(model, "yarn", factor=2)
     assert model.config.to_dict() == before  # nothing applied
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: ctxext.extend(None, "yarn", factor=2), "ctxext.extend needs a loaded transformers model"),
+        (lambda: ctxext.extend("model", "auto", factor=2), "got str"),
+        (lambda: ctxext.restore(3), "ctxext.restore needs a loaded transformers model (a torch module"),
+        (lambda: ctxext.is_extended(None), "ctxext.is_extended needs"),
+        (
+            lambda: ctxext.extend(torch.nn.DataParallel(make_model("llama")), "yarn", factor=2),
+            "got DataParallel; pass the model it wraps (its .module)",
+        ),
+        (
+            lambda: ctxext.patch(b"model", "yarn", factor=2),
+            "a model path must be text (str or pathlib.Path), got bytes",
+        ),
+        (lambda: ctxext.from_pretrained(None), "a model path must be text"),
+        (lambda: ctxext.unpatch_directory(7), "a model path must be text"),
+    ],
+    ids=["extend-none", "extend-text", "restore-int", "is-extended-none", "wrapped", "bytes-path", "none-path", "int"],
+)
+def test_the_python_api_refuses_what_is_no_model_in_one_error(call, message):
+    with pytest.raises(CtxextError, match=re.escape(message)):
+        call()
 
 
 def test_a_gguf_config_is_checked_as_transformers_maps_it(family):

@@ -15,6 +15,8 @@ import ctxext
 from ctxext.checkpoint.atomic import STAGING_MARK, atomic_write, staged
 from ctxext.checkpoint.config_json import BACKUP
 
+from support.models import make_model
+
 
 def modes(directory: Path) -> dict[str, tuple[bytes, int]]:
     return {
@@ -179,3 +181,34 @@ def test_a_second_writer_on_the_same_directory_is_refused(tiny_dir):
         assert modes(tiny_dir) == before
     ctxext.patch_directory(tiny_dir, "yarn", factor=2)  # free again once the first one is done
     assert sorted(p.name for p in tiny_dir.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize(
+    "family, method, native_fields, written",
+    [
+        ("gpt_neox", "ntk", {"rotary_emb_base": 10000}, {"rotary_emb_base": 160000.0, "rope_theta": 160000.0}),
+        ("llama", "longrope", {}, {"original_max_position_embeddings": 64}),
+        ("phi3", "longrope", {}, {"original_max_position_embeddings": 64}),
+    ],
+    ids=["gpt-neox-base", "llama-longrope", "phi3-longrope"],
+)
+def test_the_fields_written_for_transformers4_come_off_with_the_patch(tmp_path, family, method, native_fields, written):
+    """GPT-NeoX's rotary_emb_base, longrope's top-level native length, Phi-3's three-field rope_scaling: written
+    for transformers 4.x (tests/test_transformers4.py), taken off by unpatch with and without the kept original."""
+    directory = tmp_path / family
+    make_model(family).save_pretrained(directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, **native_fields}, indent=2))
+    original = (directory / "config.json").read_bytes()
+    params = {"long_factor": 2.0} if method == "longrope" else {}
+    for keep_backup in (True, False):
+        ctxext.patch_directory(directory, method, factor=4, **params)
+        patched = json.loads((directory / "config.json").read_text())
+        assert {k: patched.get(k) for k in written} == written
+        if family == "phi3":
+            assert sorted(patched["rope_scaling"]) == ["long_factor", "short_factor", "type"]
+        if not keep_backup:
+            (directory / BACKUP).unlink()
+        ctxext.unpatch_directory(directory)
+        restored = (directory / "config.json").read_bytes()
+        assert restored == original if keep_backup else json.loads(restored) == json.loads(original)

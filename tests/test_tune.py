@@ -20,7 +20,7 @@ from ctxext.eval.backend import TransformersBackend
 from ctxext.eval.runner import EvalConfig, check_config
 from ctxext.eval.tune import Row, rank, seeded_order, tune
 
-from support.cli_harness import assert_refused_before_loading
+from support.cli_harness import assert_refused_before_loading, snapshot
 from support.models import make_model, yarn_checkpoint
 
 SMALL = dict(methods=["yarn", "ntk"], short_length=300, tasks=["passkey"], depths=[0.5])  # passkey fits 300 bytes
@@ -67,8 +67,7 @@ def test_the_seeded_order_is_deterministic():
 
 
 def test_help(capsys):
-    with pytest.raises(SystemExit):
-        main(["tune", "--help"])
+    assert main(["tune", "--help"]) == 0
     assert "usage: ctxext tune" in capsys.readouterr().out
 
 
@@ -230,3 +229,134 @@ def test_a_spent_budget_stops_after_the_first_round(tiny_eval_dir, tmp_path):
 def test_a_bad_budget_is_refused(tiny_eval_dir, tmp_path, budget):
     with pytest.raises(CtxextError, match="--budget-minutes must be a positive number"):
         tune(tiny_eval_dir, 400, out=tmp_path / "tune", budget_minutes=budget, **SMALL)
+
+
+def _file_at(path):
+    path.write_text("not a folder")
+
+
+def _read_only_folder(path):
+    path.mkdir()
+    path.chmod(0o555)
+
+
+@pytest.mark.parametrize(
+    "make, at, message",
+    [
+        (_file_at, "cache", "CTXEXT_CACHE={cache}: is a file, not a folder for the tune cache"),
+        (_file_at, "cache/sub", "CTXEXT_CACHE={cache}/sub: {cache} is a file, not a folder for the tune cache"),
+        (_read_only_folder, "cache", "CTXEXT_CACHE={cache}: the tune cache folder is not writable"),
+    ],
+    ids=["a-file", "below-a-file", "read-only"],
+)
+def test_a_bad_cache_folder_is_refused_before_tune_works(
+    tiny_eval_dir, tmp_path, cache, capsys, monkeypatch, make, at, message
+):
+    make(cache)
+    monkeypatch.setenv("CTXEXT_CACHE", str(tmp_path / at))
+    out = tmp_path / "tune"
+    args = ["tune", str(tiny_eval_dir), "--target-length", "400", "--out", str(out)]
+    assert_refused_before_loading(monkeypatch, capsys, tune_module, args, out, message.format(cache=cache))
+
+
+def test_auto_refuses_a_cache_folder_that_is_a_file_before_any_model_work(tiny_dir, tmp_path, cache, capsys):
+    """Readers of the cache (eval --method auto, extend, patch) need a folder they can read, not a writable one."""
+    _file_at(cache)
+    message = f"CTXEXT_CACHE={cache}: is a file, not a folder for the tune cache"
+    with pytest.raises(CtxextError, match=message):
+        ctxext.extend(make_model(), "auto", factor=2)
+    with pytest.raises(CtxextError, match=message):
+        check_config(EvalConfig(model=str(tiny_dir), out=tmp_path / "eval", methods=["auto"], factor=2))
+    cache.unlink()
+    _read_only_folder(cache)
+    check_config(EvalConfig(model=str(tiny_dir), out=tmp_path / "eval", methods=["auto"], factor=2))
+    before = snapshot(tmp_path)
+    assert main(["patch", str(tiny_dir), "--method", "auto", "--factor", "2", "--dry-run"]) == 0
+    assert snapshot(tmp_path) == before and '"yarn"' in capsys.readouterr().out
+
+
+WINNER = {"method": "yarn", "params": {}, "label": "yarn"}
+
+
+@pytest.mark.parametrize(
+    "content, field",
+    [
+        ("{not json", "the file: not JSON"),
+        ("[1, 2]", "the file: not a JSON object"),
+        ({"winner": "yarn"}, "winner: must be an object"),
+        ({"winner": {**WINNER, "method": "rm -rf /"}}, "winner.method: 'rm -rf /' is not a ctxext method"),
+        ({"winner": {**WINNER, "method": 7}}, "winner.method: must be a method name, got 7"),
+        ({"winner": {**WINNER, "method": "auto"}}, "winner.method: must be a method name"),
+        ({"winner": {**WINNER, "params": ["x"]}}, "winner.params: must be an object"),
+        ({"winner": {**WINNER, "params": {"beta_fast": "x"}}}, "winner.params: parameter beta_fast must be a number"),
+        ({"winner": {**WINNER, "params": {"rm": 1}}}, "winner.params: method 'yarn' has no parameter rm"),
+        ({"winner": {**WINNER, "label": 3}}, "winner.label: must be text"),
+        ({"winner": WINNER, "config_only_winner": {"method": "dca", "params": {}}}, "config_only_winner.method"),
+    ],
+    ids=[
+        "bad-json",
+        "a-list",
+        "winner-text",
+        "shell-command",
+        "method-number",
+        "method-auto",
+        "params-list",
+        "param-type",
+        "unknown-param",
+        "label-number",
+        "config-only-not-stock",
+    ],
+)
+def test_a_tampered_cache_file_is_refused_in_one_line_naming_the_file_and_the_field(
+    tiny_dir, tmp_path, content, field, capsys
+):
+    path = auto.cache_path(str(tiny_dir), tiny_dir, 256)
+    path.parent.mkdir(parents=True)
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    before = snapshot(tmp_path)
+    assert main(["patch", str(tiny_dir), "--method", "auto", "--target-length", "256"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ctxext: error: {path}: damaged tune cache, {field}"), err
+    assert err.count("\n") == 1 and err.rstrip().endswith("delete the file or run 'ctxext tune --refresh'"), err
+    assert snapshot(tmp_path) == before
+    with pytest.raises(CtxextError, match="damaged tune cache"):
+        check_config(EvalConfig(model=str(tiny_dir), out=tmp_path / "eval", methods=["auto"], target_length=256))
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda d: d.pop("ranking"), "ranking: missing"),
+        (lambda d: d.update(short_length="300"), "short_length: must be a whole number, got '300'"),
+        (lambda d: d.update(tasks=None), "tasks: must be a list"),
+        (lambda d: d["ranking"][0].update(target_score="high"), "ranking[0].target_score: must be a number or null"),
+        (lambda d: d["ranking"][0].update(short_loss=1), "ranking[0].short_loss: must be true or false"),
+        (lambda d: d["ranking"][1].update(extra=1), "ranking[1].extra: no such field"),
+        (lambda d: d["ranking"][1].pop("label"), "ranking[1].label: missing"),
+        (lambda d: d["ranking"].append(3), "ranking[2]: must be an object"),
+    ],
+    ids=[
+        "no-ranking",
+        "length-text",
+        "tasks-null",
+        "score-text",
+        "flag-number",
+        "extra-field",
+        "no-label",
+        "row-number",
+    ],
+)
+def test_tune_refuses_a_tampered_cached_result_before_the_model_loads(
+    tiny_eval_dir, tmp_path, capsys, monkeypatch, change, field
+):
+    rows = [vars(Row(label=m, method=m, params={}, index=i)) for i, m in enumerate(("yarn", "ntk"))]
+    data = {"model": str(tiny_eval_dir), "target_length": 400, "short_length": 300, "native_length": 64}
+    data.update(tasks=["passkey"], baseline_short_score=None, budget_minutes=None, ranking=rows, winner=WINNER)
+    change(data)
+    path = auto.cache_path(str(tiny_eval_dir), tiny_eval_dir, 400)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data))
+    out = tmp_path / "tune"
+    args = ["tune", str(tiny_eval_dir), "--target-length", "400", "--out", str(out), "--methods", "yarn,ntk"]
+    args += ["--short-length", "300", "--tasks", "passkey", "--depths", "0.5"]
+    assert_refused_before_loading(monkeypatch, capsys, tune_module, args, out, f"{path}: damaged tune cache, {field}")

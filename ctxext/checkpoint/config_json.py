@@ -15,6 +15,7 @@ from typing import Any
 from ..core.config_check import check_buildable, check_config_fields
 from ..core.record import ExtensionRecord
 from ..errors import CtxextError
+from ..serving import BASE_KEYS
 from .atomic import atomic_write, json_bytes
 
 CONFIG = "config.json"
@@ -59,8 +60,9 @@ def recorded_original(data: dict[str, Any], record: ExtensionRecord) -> dict[str
         if value is None:  # a section the patch added (an engine's), absent from the original
             original.pop(name)
     rope = record.replaced.get("rope_parameters")
-    if "rope_theta" in original and isinstance(rope, dict) and "rope_theta" in rope:
-        original["rope_theta"] = rope["rope_theta"]  # the patch's top-level copy of the base
+    for key in BASE_KEYS:  # the patch's top-level copies of the base
+        if key in original and isinstance(rope, dict) and "rope_theta" in rope:
+            original[key] = rope["rope_theta"]
     for name in record.added or []:  # keys the patch added, absent from the original
         original.pop(name, None)
     return original

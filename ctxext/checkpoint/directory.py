@@ -18,7 +18,7 @@ from ..core.config_check import check_loadable
 from ..core.plan import ExtensionPlan, plan_fresh, take_off_record
 from ..core.record import ExtensionRecord
 from ..errors import CtxextError
-from ..serving import DUAL_CHUNK, LEGACY_ROPE_TYPES, serve_commands, sglang_dual_chunk_config
+from ..serving import DUAL_CHUNK, serve_commands, sglang_dual_chunk_config, transformers4_fields
 from .atomic import atomic_write, exclusive
 from .config_json import (
     BACKUP,
@@ -220,14 +220,9 @@ def _patched_json(original: dict[str, Any], plan: ExtensionPlan) -> dict[str, An
     patched.update(json.loads(json.dumps(plan.fields)))
     rope = patched.get("rope_parameters") if "rope_parameters" in plan.fields else None
     flat = isinstance(rope, dict) and bool(rope) and not any(isinstance(v, dict) for v in rope.values())
-    if flat and "rope_theta" in rope:
-        # transformers 4.x (and vLLM/SGLang on it) read the base from the top level; 5.x prefers rope_parameters'
-        patched["rope_theta"] = rope["rope_theta"]
+    if flat:  # transformers 4.x (and vLLM/SGLang on it) read the rope from top-level fields
+        patched.update(transformers4_fields(patched.get("model_type"), rope))
     elif "rope_theta" in patched and "rope_theta" in plan.fields.get("rope_parameters", {}):
         patched["rope_theta"] = plan.fields["rope_parameters"]["rope_theta"]
-    if flat and rope.get("rope_type") in LEGACY_ROPE_TYPES:
-        # transformers 4.x / vLLM / SGLang read the scaling from rope_scaling; transformers 5 lets rope_scaling
-        # replace rope_parameters wholesale, so it is an exact copy (plus the legacy "type" key)
-        patched["rope_scaling"] = {**json.loads(json.dumps(rope)), "type": rope["rope_type"]}
     patched["ctxext"] = plan.record.to_dict()
     return patched

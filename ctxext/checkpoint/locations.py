@@ -22,6 +22,8 @@ class ModelLocation:
 
 def resolve_model_path(path: str | os.PathLike) -> ModelLocation:
     """A model directory (with config.json), a .gguf file, or the alias ``smollm2``."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise CtxextError(f"a model path must be text (str or pathlib.Path), got {type(path).__name__}")
     if str(path) == ALIAS:
         gguf = default_model_path()
         return ModelLocation(gguf.parent, gguf.name)

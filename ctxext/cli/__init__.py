@@ -1,13 +1,19 @@
 """The ``ctxext`` command line: one module per subcommand, each parsing its flags, making one library call, printing.
 
 Every bad input ends with one ``ctxext: error: ...`` line and exit status 2, files untouched; Ctrl-C or SIGTERM
-end with one line and exit status 130. Only the chosen subcommand's flags are built (a method-parameter flag
-needs the method registry, which loads torch), so ``ctxext --help`` answers without importing torch.
+end with one line and exit status 130. What a command prints never decides what it does: a failed write to
+standard output is remembered and the command goes on to its end; then a full disk or a failing device is one line
+and exit status 3 (the work is done, its report lost), and a reader that went away (``ctxext methods | head -1``)
+ends the command silently with status 141, as SIGPIPE ends a Unix tool.
+
+Only the chosen subcommand's flags are built (a method-parameter flag needs the method registry, which loads
+torch), so ``ctxext --help`` answers without importing torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import signal
@@ -16,6 +22,10 @@ import typing
 
 from ..errors import CtxextError, one_line
 from ..version import __version__
+
+# what a command whose work is done, but whose report could not be written, exits with
+REPORT_LOST = 3
+READER_GONE = 128 + signal.SIGPIPE
 
 # subcommand -> its module in this package; the order is the order of ``ctxext --help``
 COMMANDS = ("patch", "unpatch", "methods", "info", "passkey", "probe", "eval", "tune", "finetune", "serve")
@@ -50,6 +60,60 @@ def _chosen(argv: list[str]) -> str | None:
     return next((word for word in argv if word in COMMANDS), None)
 
 
+class _Stdout:
+    """Standard output for a command: the first failed write is kept in ``error`` and later output dropped, so
+    that a full disk or a closed pipe never stops the work half-way."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.error = None if stream is not None else OSError(errno.EBADF, "closed")
+
+    def write(self, text: str) -> int:
+        self._attempt(self.stream.write if self.error is None else None, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._attempt(self.stream.flush if self.error is None else None)
+
+    def _attempt(self, call, *args) -> None:
+        if call is None:
+            return
+        try:
+            call(*args)
+        except OSError as exc:
+            self.error = exc
+            self._silence()
+
+    def _silence(self) -> None:
+        """Point the file descriptor at /dev/null, so that the interpreter's last flush of what is still buffered
+        cannot fail again ("Exception ignored ...")."""
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _finish(stdout: _Stdout, status: int) -> int:
+    """The exit status of a command that returned ``status``, once what it printed is flushed."""
+    stdout.flush()
+    if stdout.error is None:
+        return status
+    if isinstance(stdout.error, BrokenPipeError):
+        return READER_GONE
+    print(
+        f"ctxext: error: standard output: {stdout.error.strerror or stdout.error}; the command's work is done, "
+        "only what it printed was lost",
+        file=sys.stderr,
+    )
+    return REPORT_LOST
+
+
 def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt  # so that SIGTERM cleans up staged writes like Ctrl-C does
 
@@ -57,8 +121,10 @@ def _interrupt(_signum, _frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The command line. The error boundary is set up first, before any heavy import: bad input is one
     ``ctxext: error:`` line (status 2), an interruption one line (status 130), and an internal error one line
-    too, with its traceback only under ``CTXEXT_DEBUG=1``."""
+    too, with its traceback only under ``CTXEXT_DEBUG=1``; a failed write to standard output is status 3 or 141
+    (see the module docstring)."""
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    stdout = sys.stdout = _Stdout(sys.stdout)
     try:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # config warnings would bury our one-line errors
         if "transformers" in sys.modules:  # already imported (by the caller): the variable is read only at import
@@ -67,11 +133,16 @@ def main(argv: list[str] | None = None) -> int:
             transformers_logging.set_verbosity_error()
         argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser(only=_chosen(argv) or "").parse_args(argv)
-        return _module(args.command).run(args)
+        return _finish(stdout, _module(args.command).run(args))
+    except SystemExit as exc:  # argparse: --help and --version print and exit 0, a usage error exits 2
+        if exc.code:
+            raise
+        return _finish(stdout, 0)
     except CtxextError as exc:
         print(f"ctxext: error: {exc}", file=sys.stderr)
     except OSError as exc:
-        print(f"ctxext: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ctxext: error: {where}{exc.strerror or exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("ctxext: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
@@ -85,5 +156,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     finally:
+        sys.stdout = stdout.stream
         signal.signal(signal.SIGTERM, previous)
     return 2

@@ -9,6 +9,7 @@ value; a config that passes has every length, count and rope base ctxext compute
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -141,7 +142,7 @@ def check_buildable(fields: Mapping[str, Any], source: str, consequence: str) ->
     from transformers import CONFIG_MAPPING
 
     try:
-        CONFIG_MAPPING[fields["model_type"]].from_dict(dict(fields))
+        CONFIG_MAPPING[fields["model_type"]].from_dict(copy.deepcopy(dict(fields)))  # it edits nested sections
     except Exception as exc:  # ValueError, TypeError, or a validation error wrapping the validator's ValueError
         raise CtxextError(f"{source}: {consequence}: {one_line(exc.__cause__ or exc)}") from None
 

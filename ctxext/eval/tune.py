@@ -32,8 +32,10 @@ result is returned without loading the model unless ``refresh`` (also for anothe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,6 +323,7 @@ def tune(
     (:func:`_halve`); ``refresh`` ignores a cached result. Every argument is
     checked before the model loads.
     """
+    auto.check_cache_dir(writable=True)
     check_length(target_length)
     if short_length is not None:
         check_length(short_length)
@@ -372,6 +375,8 @@ def tune(
     corpus = perplexity.load_corpus(text_file)[0] if ppl or searched else None
     cache = auto.cache_path(model, checked.location.directory, target_length)
     cached = None if refresh else auto.read_cached(model, checked.location.directory, target_length)
+    if cached is not None:
+        _check_cached(cache, cached)
     wanted = {r.label for r in rows}
     if (
         cached is not None
@@ -451,6 +456,47 @@ def tune(
         auto.write_cached(model, checked.location.directory, target_length, result.to_dict())
         _write(out, result)
         return result
+
+
+CACHED = {  # what a cached result holds besides the winners (``auto`` checks those), each with its type
+    "model": str,
+    "target_length": int,
+    "short_length": int,
+    "native_length": int,
+    "tasks": list,
+    "baseline_short_score": float | None,
+    "budget_minutes": float | None,
+    "ranking": list,
+}
+TYPE_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false", list: "a list"}
+TYPE_NAMES.update({dict: "an object", type(None): "null"})
+
+
+def _check_cached(path: Path, data: dict) -> None:
+    """The fields ``TuneResult.from_dict`` reads from a cached result, each of its type, the rows' too."""
+    fields = [(name, data.get(name, ...), hint) for name, hint in CACHED.items()]
+    fields.append(("plan", data.get("plan", []), list))
+    row_types = typing.get_type_hints(Row)
+    required = {f.name for f in dataclasses.fields(Row) if f.default is dataclasses.MISSING}
+    for i, row in enumerate(data["ranking"] if isinstance(data.get("ranking"), list) else []):
+        if not isinstance(row, dict):
+            raise auto.damaged(path, f"ranking[{i}]", f"must be an object, got {row!r}")
+        unknown = sorted(set(row) - set(row_types))
+        if unknown:
+            raise auto.damaged(path, f"ranking[{i}].{unknown[0]}", "no such field of a ranked candidate")
+        fields += [(f"ranking[{i}].{k}", row.get(k, ...), row_types[k]) for k in row_types if k in row or k in required]
+    for name, value, hint in fields:
+        kinds = typing.get_args(hint) or (hint,)
+        if value is ...:
+            raise auto.damaged(path, name, "missing")
+        if not _of_kinds(value, kinds):
+            raise auto.damaged(path, name, f"must be {' or '.join(TYPE_NAMES[k] for k in kinds)}, got {value!r}")
+
+
+def _of_kinds(value, kinds: tuple) -> bool:
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds) or (float in kinds and isinstance(value, int))
 
 
 def _halve(

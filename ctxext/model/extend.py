@@ -42,6 +42,7 @@ def extend(
     model's checkpoint and target length, else dca with temperature; the choice and its reason are kept
     in the record's ``auto`` field.
     """
+    _check_model(model, "extend")
     if auto.is_auto(method):
         return _extend_auto(
             model,
@@ -103,6 +104,17 @@ def extend(
     return model
 
 
+def _check_model(model: Any, caller: str) -> None:
+    """A loaded transformers model: a torch module with a ``config`` (a wrapper such as DataParallel is not)."""
+    if isinstance(model, nn.Module) and hasattr(model, "config"):
+        return
+    unwrap = "; pass the model it wraps (its .module)" if isinstance(getattr(model, "module", None), nn.Module) else ""
+    raise CtxextError(
+        f"ctxext.{caller} needs a loaded transformers model (a torch module with a .config), "
+        f"got {type(model).__name__}{unwrap}"
+    )
+
+
 def _extend_auto(model, factor, target_length, original_length, *, replace, rope_layer_types, params):
     target = auto_target(model.config, factor, target_length, original_length)
     source = getattr(model.config, "_name_or_path", None) or None
@@ -129,6 +141,7 @@ def _extend_auto(model, factor, target_length, original_length, *, replace, rope
 
 def restore(model: nn.Module) -> nn.Module:
     """Undo ``extend`` in place: the original rotary modules and config fields come back."""
+    _check_model(model, "restore")
     config = text_config(model.config)
     if ExtensionRecord.of(config) is None:
         raise CtxextError("model is not extended by ctxext; nothing to restore")
@@ -146,6 +159,7 @@ def restore(model: nn.Module) -> nn.Module:
 
 
 def is_extended(model: nn.Module) -> bool:
+    _check_model(model, "is_extended")
     return ExtensionRecord.of(model.config) is not None
 
 
