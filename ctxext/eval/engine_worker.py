@@ -78,16 +78,9 @@ class LlamaCppEngine:
 
         self.api, self.np = llama_cpp, numpy
         self.version = f"llama-cpp-python {llama_cpp.__version__}"
-        threads = os.cpu_count() or 1
-        self.llm = llama_cpp.Llama(
-            model_path=model,
-            n_ctx=n_ctx,
-            n_batch=LLAMA_CPP_BATCH,
-            n_threads=threads,
-            n_threads_batch=threads,
-            seed=0,
-            verbose=False,
-        )
+        # llama-cpp-python's own thread count (half the logical cores): its threads spin while they wait, which
+        # on a machine shared with other work costs more than an extra thread gains
+        self.llm = llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_batch=LLAMA_CPP_BATCH, seed=0, verbose=False)
         self.memory = llama_cpp.llama_get_memory(self.llm.ctx)
         self.n_vocab = self.llm.n_vocab()
         self.batch = llama_cpp.llama_batch_init(LLAMA_CPP_BATCH, 0, 1)
