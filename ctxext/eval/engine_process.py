@@ -21,6 +21,7 @@ class EngineProcess:
 
     def __init__(self, python: str, engine: str, log: Path):
         self.engine, self.log = engine, log
+        self.busy = False  # a request is out and its answer not read (an interrupted run)
         with open(log, "ab") as err:
             self.process = subprocess.Popen(
                 [python, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
@@ -28,12 +29,14 @@ class EngineProcess:
 
     def ask(self, request: dict) -> dict:
         """The worker's answer to ``request``; its error (or its death) is a CtxextError."""
+        self.busy = True
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
             line = self.process.stdout.readline()
         except BrokenPipeError:
             line = ""
+        self.busy = False
         if not line:
             self.process.wait()
             raise CtxextError(
@@ -60,7 +63,10 @@ class EngineProcess:
         return re.sub(r"^.*?(\w+(Error|Exception): )", r"\1", found[-1])[:300] if found else None
 
     def close(self) -> None:
-        """Ask the worker to quit (it frees the model), and wait for it."""
+        """Ask the worker to quit (it frees the model) and wait for it; one still working on an interrupted
+        request is killed."""
+        if self.busy and self.process.poll() is None:
+            self.process.kill()
         if self.process.poll() is None:
             try:
                 self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")

@@ -383,6 +383,7 @@ def run(config: EvalConfig) -> dict:
         native, extended = lengths_of(checked.model_config, config)
         if checked.engine is None:
             model = load_model(config)
+            native, extended = lengths_of(model.config, config)  # a GGUF's ctxext record is on the loaded model only
             backend = TransformersBackend(model, tokenizer, keep_patch=config.as_loaded)
             device = str(next(model.parameters()).device)
         else:
