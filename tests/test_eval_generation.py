@@ -18,7 +18,7 @@ class IdsTokenizer:
         self.ids = ids
 
     def __call__(self, text, return_tensors=None, add_special_tokens=True):
-        return {"input_ids": self.ids}
+        return {"input_ids": self.ids if return_tensors == "pt" else self.ids[0].tolist()}
 
     def decode(self, ids, skip_special_tokens=True):
         return ids

@@ -101,20 +101,42 @@ def patch_gguf(
         return _patch_gguf_file(gguf, output, method, dtype=dtype, dry_run=dry_run, **options)
     if dry_run:
         raise CtxextError("the safetensors export cannot be dry-run; give a .gguf output to see the metadata diff")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from ..model.extend import extend
     from ..model.loading import model_config
 
-    location = resolve_model_path(gguf)
-    if location.gguf_file is None:
-        raise CtxextError(f"{gguf}: not a .gguf file")
+    location = _gguf_location(gguf)
     check_dtype(dtype)
     output = Path(output)
     ensure_new_output(output)
     config = model_config(location)
     _check_options(config, method, **options)  # bad options fail before the weights load
+    model = _save_directory(location, output, dtype, lambda loaded: extend(loaded, method, **options))
+    return PatchResult(output, ExtensionRecord.of(model.config), True)
+
+
+def convert_gguf(gguf: str | Path, output: str | Path, *, dtype: str = "float32") -> Path:
+    """``gguf`` as a new safetensors directory ``output``, de-quantized to ``dtype``, with no extension."""
+    location = _gguf_location(gguf)
+    check_dtype(dtype)
+    output = Path(output)
+    ensure_new_output(output)
+    _save_directory(location, output, dtype, lambda loaded: None)
+    return output
+
+
+def _gguf_location(gguf: str | Path):
+    location = resolve_model_path(gguf)
+    if location.gguf_file is None:
+        raise CtxextError(f"{gguf}: not a .gguf file")
+    return location
+
+
+def _save_directory(location, output: Path, dtype: str, change):
+    """Load the GGUF checkpoint de-quantized to ``dtype``, apply ``change`` to the model, save it (with its tokenizer)
+    as a new directory ``output``, all or nothing; returns the model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model = AutoModelForCausalLM.from_pretrained(
         location.directory, gguf_file=location.gguf_file, dtype=getattr(torch, dtype)
     )
@@ -123,13 +145,12 @@ def patch_gguf(
         if getattr(quantizer, "packed_modules", None):
             raise CtxextError("this GGUF was loaded with packed weights (GGUF kernels installed); cannot save it")
         quantizer.remove_quantization_config(model)  # the weights are plain de-quantized tensors already
-    extend(model, method, **options)
+    change(model)
     tokenizer = AutoTokenizer.from_pretrained(location.directory, gguf_file=location.gguf_file)
     with staged(output) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-    record = ExtensionRecord.of(model.config)
-    return PatchResult(output, record, True)
+    return model
 
 
 def _is_gguf_name(output: str | Path) -> bool:
@@ -141,9 +162,7 @@ def _patch_gguf_file(
 ) -> PatchResult:
     from .gguf.writer import export_gguf
 
-    location = resolve_model_path(gguf)
-    if location.gguf_file is None:
-        raise CtxextError(f"{gguf}: not a .gguf file")
+    location = _gguf_location(gguf)
     if dtype != "float32":
         raise CtxextError(
             f"dtype {dtype} is for the safetensors export; a .gguf output keeps the file's tensors as they are"

@@ -40,12 +40,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     corpus = p.add_mutually_exclusive_group()
     corpus.add_argument("--text-file", help="perplexity corpus (default: CPython's pydoc topics prose)")
     corpus.add_argument("--text-dataset", help="perplexity corpus: a datasets.save_to_disk directory, DIR[:column]")
+    p.add_argument(
+        "--backend",
+        default="transformers",
+        help="where the prompts run: transformers (in this process), vllm or llama.cpp (the engine in its own "
+        "Python; records of several backends in one --out are compared in the report) (default transformers)",
+    )
+    p.add_argument(
+        "--engine-python",
+        help="the Python that has the engine installed (default: .engines/<vllm|llama>/bin/python, else this one)",
+    )
     p.add_argument("--lm-eval-tasks", help="comma-separated lm-eval tasks (ours: ctxext_passkey, ctxext_ruler, ...)")
     p.add_argument("--lm-eval-limit", type=int, help="lm-eval documents per task")
     options.add_method_parameters(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..eval.agreement import describe
     from ..eval.lengths import parse_lengths
     from ..eval.runner import EvalConfig, run
     from ..eval.tasks import expand_tasks
@@ -73,9 +84,14 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         lm_eval_tasks=options.split_list(args.lm_eval_tasks),
         lm_eval_limit=args.lm_eval_limit,
+        backend=args.backend,
+        engine_python=args.engine_python,
     )
-    run(config)
+    data = run(config)
     if config.auto:
         print(f"auto chose {config.auto['chose']} {config.auto['params']}: {config.auto['reason']}")
+    for row in data["backends"]:
+        if row["differs"]:
+            print(describe(row))
     print(f"report: {config.out / 'report.md'} (data: report.json, pictures: *.png)")
     return 0

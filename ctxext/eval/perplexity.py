@@ -93,26 +93,46 @@ def token_nll(model, input_ids: torch.Tensor, targets: torch.Tensor, chunk: int 
     return torch.cat(parts).cpu()
 
 
-@torch.no_grad()
-def score_window(model, ids: torch.Tensor, index: int, window: int, stride: int, bucket: int) -> WindowResult:
-    """Window ``index`` of the token sequence ``ids`` (1-D, with BOS if the model uses one)."""
+@dataclass(frozen=True)
+class WindowSpan:
+    """Window ``index`` of a token sequence: its ``window + 1`` ids (the last one only a target), where it begins
+    in the sequence, and its first position that no earlier window scored."""
+
+    index: int
+    begin: int
+    first_new: int
+    ids: torch.Tensor
+
+
+def window_span(ids: torch.Tensor, index: int, window: int, stride: int) -> WindowSpan:
     begin = min(index * stride, len(ids) - window - 1)
-    first_new = 0 if index == 0 else (index - 1) * stride + window - begin  # first position not scored before
-    device = next(model.parameters()).device
-    chunk = ids[begin : begin + window + 1].to(device)
-    nll = token_nll(model, chunk[None, :-1], chunk[1:])
+    first_new = 0 if index == 0 else (index - 1) * stride + window - begin
+    return WindowSpan(index, begin, first_new, ids[begin : begin + window + 1])
+
+
+def window_result(span: WindowSpan, nll: torch.Tensor, bucket: int) -> WindowResult:
+    """The record of a window from the NLL of each of its positions (``len(span.ids) - 1`` of them)."""
+    window = len(span.ids) - 1
     n_buckets = math.ceil(window / bucket)
     bucket_ids = torch.arange(window) // bucket
     bucket_nll = torch.zeros(n_buckets, dtype=torch.float64).index_add_(0, bucket_ids, nll.double())
-    scored = nll[first_new:]
+    scored = nll[span.first_new :]
     return WindowResult(
-        index,
-        begin,
+        span.index,
+        span.begin,
         float(scored.double().sum()),
         scored.numel(),
         bucket_nll.tolist(),
         torch.bincount(bucket_ids, minlength=n_buckets).tolist(),
     )
+
+
+@torch.no_grad()
+def score_window(model, ids: torch.Tensor, index: int, window: int, stride: int, bucket: int) -> WindowResult:
+    """Window ``index`` of the token sequence ``ids`` (1-D, with BOS if the model uses one)."""
+    span = window_span(ids, index, window, stride)
+    chunk = span.ids.to(next(model.parameters()).device)
+    return window_result(span, token_nll(model, chunk[None, :-1], chunk[1:]), bucket)
 
 
 def text_ids(tokenizer, text: str) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..checkpoint.atomic import atomic_write, write_json
 from ..version import __version__
 from . import plots
+from .agreement import compare
 from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL
 from .lengths import format_length
 from .summary import summarize
@@ -77,6 +78,7 @@ def _header(config, meta: dict, methods: list[str]) -> list[str]:
         ("lengths", ", ".join(format_length(L) for L in config.lengths)),
         ("tasks", ", ".join(config.tasks)),
         ("samples", f"{config.samples} per task and length; needle depths {depths}"),
+        ("backend", meta["backend"] + (f" ({meta['engine']})" if meta.get("engine") else "")),
         ("dtype / device", f"{config.dtype} / {meta['device']}"),
         ("versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items())),
         ("seed", str(config.seed)),
@@ -132,6 +134,30 @@ def _ppl_section(summary: dict, methods: list[str], lengths: list[int]) -> list[
     return lines
 
 
+def _backends_section(rows: list[dict]) -> list[str]:
+    """This run's backend beside the others that ran the same prompts into this --out."""
+    lines = ["", "## Backends side by side", ""]
+    lines += [
+        "The same prompts (token ids) through each backend; a cell differs when more than one prompt in ten is "
+        "scored differently.",
+        "",
+        "| method | task | length | prompts | backends | score (or perplexity) | prompts scored differently "
+        "| seconds per prompt |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        values = row.get("score") or row["ppl"]
+        pair = " / ".join(row["backends"])
+        shown = " / ".join(f"{values[b]:.1f}" if "score" in row else f"{values[b]:.3f}" for b in row["backends"])
+        differing = f"{row['differing']}" + (" (differs)" if row["differs"] else "") if "score" in row else "-"
+        seconds = " / ".join(f"{row['seconds'][b]:.1f}" for b in row["backends"])
+        lines.append(
+            f"| {row['method']} | {row['task']} | {format_length(row['length'])} | {row['prompts']} | {pair} "
+            f"| {shown} | {differing} | {seconds} |"
+        )
+    return lines
+
+
 def _metric_order(metric: str) -> tuple:
     """Length metrics ("512", "4096") first and by length, then the others by name."""
     return (0, int(metric), "") if metric.isdigit() else (1, 0, metric)
@@ -178,6 +204,9 @@ def write_report(config, records: list[dict], store, meta: dict) -> dict:
     }
     if config.lm_eval_tasks:
         lines += _lm_eval_section(lm_eval_results, methods)
+    backends = compare(meta["backend"], records, store.others)
+    if backends:
+        lines += _backends_section(backends)
     pictures = []
     for task, task_grid in summary["depth_grid"].items():
         pictures.append(plots.heatmap(task, task_grid, config.lengths, out / f"heatmap_{task}.png"))
@@ -199,6 +228,7 @@ def write_report(config, records: list[dict], store, meta: dict) -> dict:
         "meta": meta,
         "summary": summary,
         "lm_eval": lm_eval_results,
+        "backends": backends,
         "records": records,
     }
     write_json(out / "report.json", data, indent=1, default=str)

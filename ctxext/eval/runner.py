@@ -1,8 +1,9 @@
 """``ctxext eval``: the unpatched model and each extension method on the same prompts.
 
-One model is loaded once; each method is applied in place with ``extend`` and taken off
-again with ``restore``. Every finished sample is logged at once (see ``store.py``), so an
-interrupted run picks up where it stopped; the report is written from the log at the end.
+On the transformers backend one model is loaded once; each method is applied in place with ``extend`` and taken
+off again with ``restore``. On an engine backend (``engines.py``) each configuration's checkpoint is loaded by
+the engine in its own process (``engine_backend.py``). Every finished sample is logged at once (see
+``store.py``), so an interrupted run picks up where it stopped; the report is written from the log at the end.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from ..core.validate import (
     check_token_ids,
 )
 from ..errors import CtxextError
-from ..model.loading import check_device, load_on_device, load_tokenizer, model_config
+from ..model.loading import check_device, load_generation_config, load_on_device, load_tokenizer, model_config
 from . import perplexity
 from .backend import Setup, TransformersBackend
 from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL, THRESHOLD
+from .engine_backend import EngineBackend
+from .engines import TRANSFORMERS, EngineSetup, check_backend, check_engine_run, engine_python
 from .lm_eval_bridge import evaluate, require_lm_eval, task_manager
 from .loop import WindowSettings, run_units
 from .passkey import PasskeyResult, run_samples
@@ -69,6 +72,9 @@ class EvalConfig:
     # otherwise that patch is taken off, so the baseline is the unpatched model (before / after)
     as_loaded: bool = False
     auto: dict | None = None  # set by check_config for --method auto: {"chose", "params", "reason"}
+    # where the units run (engines.BACKENDS); not a setting: backends run into the same --out side by side
+    backend: str = TRANSFORMERS
+    engine_python: str | None = None  # the engine's Python (default: .engines/<engine>/bin/python, else this one)
 
     def settings(self) -> dict:
         """What the logged records depend on; a resumed run must agree on all of it."""
@@ -105,6 +111,8 @@ class Checked:
     location: ModelLocation
     model_config: Any  # the model's config, read without its weights
     lm_eval_manager: Any = None  # lm-eval's TaskManager when --lm-eval-tasks is given
+    engine: dict[str, EngineSetup] | None = None  # an engine backend: how it runs each configuration
+    engine_python: str | None = None
 
 
 def check_config(config: EvalConfig) -> Checked:
@@ -115,6 +123,7 @@ def check_config(config: EvalConfig) -> Checked:
     built and checked by ``run`` and ``passkey_check``, still before the model loads.
     """
     check_dtype(config.dtype)
+    check_backend(config.backend, dtype=config.dtype, device=config.device, lm_eval=bool(config.lm_eval_tasks))
     check_device(config.device)
     _check_values(config)
     location = resolve_model_path(config.model)
@@ -122,6 +131,9 @@ def check_config(config: EvalConfig) -> Checked:
     native_length(found.model_config)  # a model without rotary embeddings is refused here
     _resolve_auto(config, location, found.model_config)
     _check_methods(config, found.model_config)
+    if config.backend != TRANSFORMERS:
+        found.engine = check_engine_run(config.backend, location, found.model_config, setups(config))
+        found.engine_python = engine_python(config.backend, config.engine_python)
     if config.lm_eval_tasks:
         require_lm_eval()
         found.lm_eval_manager = task_manager(config.lm_eval_tasks, _lm_eval_metadata(config, location))
@@ -293,10 +305,10 @@ def passkey_check(
     return run_samples(loaded, tokenizer, [samples["passkey", length, index] for index in range(len(depths))])
 
 
-def lengths_of(model, config: EvalConfig) -> tuple[int, int]:
-    """(native length, extended length) of the model under this run's extension."""
-    record = ExtensionRecord.of(model.config)
-    native = record.original_length if record else read_rope_setup(text_config(model.config)).native_length
+def lengths_of(model_config, config: EvalConfig) -> tuple[int, int]:
+    """(native length, extended length) of the model with ``model_config`` under this run's extension."""
+    record = ExtensionRecord.of(model_config)
+    native = record.original_length if record else read_rope_setup(text_config(model_config)).native_length
     if config.as_loaded and record and not config.methods:
         return native, record.target_length
     if config.target_length:
@@ -351,7 +363,7 @@ def run(config: EvalConfig) -> dict:
     from .report import write_report  # matplotlib loads only when a report is written
 
     checked = check_config(config)
-    with RecordStore(config.out, config.settings()) as store:
+    with RecordStore(config.out, config.settings(), config.backend) as store:
         corpus = perplexity.load_corpus(config.text_file, config.text_dataset) if nll_tasks(config.tasks) else None
         tokenizer = load_tokenizer(checked.location)
         ids = None
@@ -362,20 +374,40 @@ def run(config: EvalConfig) -> dict:
         units = plan_units(config, None if ids is None else len(ids))
         todo = [u for u in units if u not in store]
         samples = build_samples(config, tokenizer, checked.model_config, todo)
-        model = load_model(config)
-        backend = TransformersBackend(model, tokenizer, keep_patch=config.as_loaded)
-        windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
-        run_units(backend, todo, setups(config), samples, store, windows=windows)
-        native, extended = lengths_of(model, config)
-        if config.lm_eval_tasks:
-            run_lm_eval_tasks(backend, checked.lm_eval_manager, config, store, max(extended, *config.lengths))
-        backend.close()
+        native, extended = lengths_of(checked.model_config, config)
+        if checked.engine is None:
+            model = load_model(config)
+            native, extended = lengths_of(model.config, config)  # a GGUF's ctxext record is on the loaded model only
+            backend = TransformersBackend(model, tokenizer, keep_patch=config.as_loaded)
+            device = str(next(model.parameters()).device)
+        else:
+            backend = EngineBackend(
+                config.backend,
+                checked.engine_python,
+                checked.location,
+                tokenizer,
+                load_generation_config(checked.location, checked.model_config),
+                checked.engine,
+                model_config=checked.model_config,
+                n_ctx=max(*config.lengths, extended) + 2,  # + a perplexity window's last target and one answer id
+                dtype=config.dtype,
+            )
+            device = "the engine's own"
+        try:
+            windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
+            run_units(backend, todo, setups(config), samples, store, windows=windows)
+            if config.lm_eval_tasks:
+                run_lm_eval_tasks(backend, checked.lm_eval_manager, config, store, max(extended, *config.lengths))
+        finally:
+            backend.close()
         meta = {
             "native_length": native,
             "extended_length": extended,
             "corpus": corpus[1] if corpus else None,
             "corpus_tokens": None if ids is None else len(ids),
-            "device": str(next(model.parameters()).device),
+            "device": device,
+            "backend": config.backend,
+            "engine": getattr(backend, "version", None),
         }
         store.begin()
         return write_report(config, [store.records[u] for u in units], store, meta)

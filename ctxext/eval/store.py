@@ -12,6 +12,10 @@ folder and ``run.json`` are written by :meth:`RecordStore.begin`, which the runn
 every check has passed (at the first record, or before the report), so that a refused run
 leaves nothing behind and never blocks the corrected rerun. While the store is open the folder is
 locked: a second run into the same ``--out`` at the same time is refused instead of mixing its records in.
+
+Every record names the backend that made it (``ctxext eval --backend``; records from before the field are
+transformers'). A store resumes its own backend's records (``records``); those of the other backends that ran
+into the same folder are kept apart (``others``), for the report to put beside them.
 """
 
 from __future__ import annotations
@@ -26,20 +30,27 @@ from ..errors import CtxextError
 
 RECORDS = "records.jsonl"
 SETTINGS = "run.json"
+DEFAULT_BACKEND = "transformers"
 
 
 def record_key(record: dict) -> tuple:
     return record["method"], record["task"], record["length"], record["sample"]
 
 
+def record_backend(record: dict) -> str:
+    return record.get("backend", DEFAULT_BACKEND)
+
+
 class RecordStore:
     """The records of one run directory, locked against a second writer while the store is open (a ``with``
     block): a run that finds the directory held by another is refused, whether it existed or is created."""
 
-    def __init__(self, directory: Path, settings: dict):
+    def __init__(self, directory: Path, settings: dict, backend: str = DEFAULT_BACKEND):
         self.directory = Path(directory)
         self.settings = settings
-        self.records: dict[tuple, dict] = {}
+        self.backend = backend
+        self.records: dict[tuple, dict] = {}  # this backend's, by record_key
+        self.others: dict[str, dict[tuple, dict]] = {}  # backend -> its records, by record_key
         self._started = False
         self._cut = False  # records.jsonl ends with half a line (an interrupted write), trimmed by begin()
         self._lock: int | None = None
@@ -115,7 +126,9 @@ class RecordStore:
         for number, line in enumerate(text.splitlines(), 1):
             try:
                 record = json.loads(line)
-                self.records[record_key(record)] = record
+                backend = record_backend(record)
+                found = self.records if backend == self.backend else self.others.setdefault(backend, {})
+                found[record_key(record)] = record
             except (ValueError, KeyError, TypeError):
                 raise CtxextError(
                     f"{path}:{number}: not a ctxext eval record; the run's log is damaged (use another --out directory)"
@@ -147,6 +160,8 @@ class RecordStore:
         return key in self.records
 
     def add(self, record: dict) -> None:
+        """Log ``record`` (stamped with this store's backend) at once."""
+        record = {**record, "backend": self.backend}
         self.begin()
         with open(self.directory / RECORDS, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")

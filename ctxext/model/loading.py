@@ -91,6 +91,19 @@ def load_tokenizer(location: ModelLocation):
         raise CtxextError(f"{location_label(location)}: cannot load its tokenizer ({one_line(exc)})") from None
 
 
+def load_generation_config(location: ModelLocation, config: Any):
+    """The generation config transformers gives the model: a directory's generation_config.json, else the
+    one it derives from ``config``."""
+    from transformers import GenerationConfig
+
+    if location.gguf_file is None and (location.directory / "generation_config.json").is_file():
+        try:
+            return GenerationConfig.from_pretrained(location.directory)
+        except Exception as exc:  # transformers raises OSError, ValueError, ... for a damaged file
+            raise CtxextError(f"{location.directory}: cannot read generation_config.json ({one_line(exc)})") from None
+    return GenerationConfig.from_model_config(config)
+
+
 def load_weights(path, **kwargs: Any):
     """``ctxext.from_pretrained(path, **kwargs)`` with a one-line error for unreadable weights."""
     try:

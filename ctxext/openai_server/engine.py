@@ -18,7 +18,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from ..eval.generation import eos_ids
+from ..eval.generation import stop_ids
 from .protocol import ApiError, Sampling
 
 
@@ -28,7 +28,7 @@ class Engine:
 
     def __init__(self, model, tokenizer, name: str, length: int, queue_size: int):
         self.model, self.tokenizer, self.name, self.length = model, tokenizer, name, length
-        self.eos = sorted(eos_ids(model, tokenizer))
+        self.eos = sorted(stop_ids(model.generation_config, tokenizer))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos or [None])[0]
         # the request's settings alone decide how it samples: no top_k, repetition penalty, ... from the checkpoint
         model.generation_config = GenerationConfig(eos_token_id=self.eos, pad_token_id=pad)

@@ -292,6 +292,17 @@ def _config_from_metadata(layout: GGUFLayout, keys: _Keys, before: dict[str, dic
     )
 
 
+def group_attention(plan: ExtensionPlan) -> tuple[int, int, int]:
+    """llama.cpp's group attention for a self-extend plan: (``--grp-attn-n``, ``--grp-attn-w``, ctxext's window).
+
+    ``--grp-attn-n`` is the group size G; ``--grp-attn-w`` is the window W rounded down to a multiple of G (llama.cpp
+    asserts W % G == 0).
+    """
+    runtime = plan.method.runtime(plan.method_config, plan.scalings[None])
+    group, window = int(runtime.group), int(runtime.window)
+    return group, max(group, window - window % group), window
+
+
 def _attention_refusal(plan: ExtensionPlan, path: Path) -> str:
     name = plan.method.name
     if name != "self-extend":
@@ -299,9 +310,7 @@ def _attention_refusal(plan: ExtensionPlan, path: Path) -> str:
             f"'{name}' changes attention itself, which GGUF metadata cannot express and llama.cpp does not "
             "implement; use yarn, pi or ntk for a GGUF, or patch into a directory for ctxext.from_pretrained"
         )
-    runtime = plan.method.runtime(plan.method_config, plan.scalings[None])
-    group, window = int(runtime.group), int(runtime.window)
-    flags_window = max(group, window - window % group)  # llama.cpp asserts W % G == 0
+    group, flags_window, window = group_attention(plan)
     rounded = (
         f"; W is {flags_window}, not ctxext's {window}: llama.cpp needs a multiple of G"
         if flags_window != window
