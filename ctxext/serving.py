@@ -16,8 +16,10 @@ engines' own, read from their code:
 - **vLLM** (``_get_and_verify_max_len``) takes the rope from ``rope_scaling`` / ``rope_parameters``
   (the same dict transformers ends with), knows ``default, linear, dynamic, yarn, llama3,
   longrope`` (others raise), and derives the longest sequence it accepts: for ``longrope`` and
-  ``llama3`` ``max_position_embeddings``; for the other types ``max_position_embeddings x factor``,
-  for ``yarn`` ``original_max_position_embeddings x factor`` (Gemma 3: no factor). Its ``dynamic``
+  ``llama3`` ``max_position_embeddings`` (``longrope`` with a top-level
+  ``original_max_position_embeddings``, as ctxext writes it: that native length unless
+  ``--max-model-len`` asks for more); for the other types ``max_position_embeddings x factor``, for ``yarn``
+  ``original_max_position_embeddings x factor`` (Gemma 3: no factor). Its ``dynamic``
   is a fixed NTK base for that derived length, not a length-dependent one. Attention-level
   methods are not in config.json's rope: it serves those models unpatched.
 - **SGLang** (``get_context_length``) follows the same rope rule as vLLM; its own DCA is
@@ -63,6 +65,7 @@ class EngineView:
     max_length: int | None  # longest sequence it accepts without flags (None: not capped)
     extended: bool  # it reproduces the ctxext extension as transformers 5 + ctxext do
     note: str = ""  # one line: what goes wrong, or what to know
+    longest_by_flag: int | None = None  # longest a length flag may ask without an override (None: max_length)
 
 
 def transformers4_fields(model_type: str | None, rope: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +252,12 @@ def _served(config: dict[str, Any], t5: EngineView, kind: str, method: str | Non
             f"{name}'s 'dynamic' is a fixed NTK base for max_position_embeddings x factor = {max_length} "
             "tokens, not the length-dependent one; use --method ntk (or yarn) for it"
         )
-    return EngineView(engine, True, rope_type, factor, theta, max_length, extended, note)
+    longest_by_flag = None
+    native = config.get("original_max_position_embeddings")
+    if engine == "vllm" and rope_type == "longrope" and native:
+        # vLLM's default max_model_len for longrope is the top-level native length; --max-model-len may ask more
+        max_length, longest_by_flag = int(native), max_length
+    return EngineView(engine, True, rope_type, factor, theta, max_length, extended, note, longest_by_flag)
 
 
 def sglang_dual_chunk_config(config_json: dict[str, Any]) -> dict[str, int]:
@@ -311,7 +319,7 @@ def serve_commands(config_json: dict[str, Any], path: str | Path) -> list[str]:
             )
             continue
         if engine == "vllm":
-            env = "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 " if target > view.max_length else ""
+            env = "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 " if target > (view.longest_by_flag or view.max_length) else ""
             command = f"{env}vllm serve {where} --max-model-len {target}"
         else:
             env = "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 " if target > view.max_length else ""

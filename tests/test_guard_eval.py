@@ -551,7 +551,7 @@ def test_in_process_nothing_loads_the_model_before_the_checks(tiny_eval_dir, tmp
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before every check had passed")
 
-    monkeypatch.setattr(runner, "load_weights", no_load)
+    monkeypatch.setattr(runner, "load_on_device", no_load)
     for extra, message in [BAD_LENGTHS[0], TOO_SHORT[0], BAD_EXTENSION[0], BAD_DEVICES[0], BAD_METHODS[5]]:
         if "cuda" in extra and torch.cuda.is_available():
             continue

@@ -123,6 +123,9 @@ def test_patch_result_serve_commands(patched):
     ]
     pi = patched["pi"][2].serve_commands
     assert f"--max-model-len {TARGET}  # without it vLLM would accept {TARGET * FACTOR} tokens" in pi[1]
+    # longrope: vLLM starts at the native length, and --max-model-len reaches the target with no override
+    longrope_dir, _, longrope = patched["longrope"]
+    assert f"vLLM: vllm serve {longrope_dir} --max-model-len {TARGET}" in longrope.serve_commands
     for method in ("dynamic-yarn", "dca", "self-extend", "dynamic-ntk"):
         lines = patched[method][2].serve_commands
         assert lines[-2].startswith("vLLM: cannot serve the extension: ")

@@ -6,6 +6,7 @@ at its next token and every queued one at once."""
 from __future__ import annotations
 
 import errno
+import signal
 import socket
 from dataclasses import dataclass, field
 
@@ -45,11 +46,20 @@ class ServeConfig:
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn's server, which ends the generations before it waits for the open responses to end."""
+    """uvicorn's server, which ends the generations before it waits for the open responses to end, and notes a
+    Ctrl-C or SIGTERM in ``interrupted`` instead of raising the signal again after its shutdown: under
+    ``asyncio.run`` that raise reaches asyncio's own SIGINT handler, and is lost when the task ends first."""
 
     def __init__(self, config: uvicorn.Config, engine: Engine):
         super().__init__(config)
         self.engine = engine
+        self.interrupted = False
+
+    def handle_exit(self, sig, frame) -> None:
+        self.interrupted = True
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: stop waiting for the open responses
+        self.should_exit = True
 
     async def shutdown(self, sockets=None) -> None:
         self.engine.stop()
@@ -82,6 +92,8 @@ class Server:
             self.socket.close()
             self.engine.stop()  # done at uvicorn's shutdown, unless it failed to start
             self.engine.join()
+        if self._server.interrupted:
+            raise KeyboardInterrupt
 
     def stop(self) -> None:
         """Ask the server, running in another thread, to stop."""
