@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from ctxext.serving import engine_view
 
 from support.models import NATIVE, make_model
 from support.serving import EXPECTED, FACTOR, patch_every_method
+from support.venv_probe import read_probe
 
 pytestmark = pytest.mark.engines
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,21 +31,7 @@ def _probe(engine: str, script: str, paths: list[Path]) -> dict[str, dict]:
     python = ROOT / ".engines" / engine / "bin" / "python"
     if not python.exists():
         pytest.skip(f"{python} is missing: `make engines` builds it")
-    run = subprocess.run(
-        [str(python), str(PROBES / script), *map(str, paths)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=paths[0].parent,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    found = {}
-    for line in run.stdout.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            found[record["path"]] = record
-    assert len(found) == len(paths), run.stdout[-2000:] + run.stderr[-2000:]
-    return found
+    return read_probe(python, PROBES / script, paths)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from support.cli_harness import OFFLINE
 from support.method_cases import ROPE_METHODS
 from support.models import FAMILIES, NATIVE, make_model, unsupported
 from support.serving import FACTOR, PARAMS
+from support.venv_probe import read_probe
 
 pytestmark = pytest.mark.transformers4
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,22 +69,7 @@ def _without_ctxext() -> dict[str, str]:
 
 def _probe(python: Path, paths: list[Path], *flags: str) -> dict[str, dict]:
     env = {**os.environ, **OFFLINE} if flags else {**_without_ctxext(), **OFFLINE}
-    run = subprocess.run(
-        [str(python), str(PROBE), json.dumps(POSITIONS), *flags, *map(str, paths)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-        cwd=paths[0].parent,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    found = {}
-    for line in run.stdout.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            found[record["path"]] = record
-    assert len(found) == len(paths), run.stdout[-2000:] + run.stderr[-2000:]
-    return found
+    return read_probe(python, PROBE, paths, json.dumps(POSITIONS), *flags, env=env)
 
 
 @pytest.fixture(scope="module")
