@@ -19,7 +19,7 @@ import torch
 from ..checkpoint.directory import patch_directory
 from ..checkpoint.locations import ModelLocation
 from ..checkpoint.patch import convert_gguf, patch_gguf
-from ..core.rope_setup import text_config
+from ..core.rope_setup import read_rope_setup, text_config
 from . import perplexity
 from .backend import Setup
 from .engine_process import EngineProcess
@@ -33,9 +33,8 @@ KV_CACHE_SPARE = 1.25  # the engine's KV cache blocks and rounding, on top of th
 def kv_cache_bytes(model_config, n_ctx: int, dtype: str) -> int:
     """The memory one sequence of ``n_ctx`` tokens needs for its keys and values, with room to spare."""
     config = text_config(model_config)
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = read_rope_setup(config).head_dim
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * getattr(torch, dtype).itemsize
     return int(per_token * n_ctx * KV_CACHE_SPARE)
 
