@@ -8,6 +8,7 @@ status 141 (as SIGPIPE ends a Unix tool).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -25,20 +26,25 @@ FULL_DISK = (
 )
 
 
-def _run(args: list, sink: str) -> subprocess.CompletedProcess:
+def _run(args: list, sink: str, stderr: str = "pipe") -> subprocess.CompletedProcess:
     """``ctxext ARGS`` with standard output on /dev/full (``full``) or on a pipe whose reader is gone
-    (``closed``)."""
+    (``closed``); standard error captured (``pipe``) or failing the same ways."""
     command = [sys.executable, "-m", "ctxext.cli", *map(str, args)]
     env = {**os.environ, **OFFLINE}
-    if sink == "full":
-        with open("/dev/full", "w") as stdout:
-            return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
+    with contextlib.ExitStack() as stack:
+        streams = [_sink(stack, kind) for kind in (sink, stderr)]
+        return subprocess.run(command, stdout=streams[0], stderr=streams[1], text=True, env=env)
+
+
+def _sink(stack: contextlib.ExitStack, kind: str):
+    if kind == "pipe":
+        return subprocess.PIPE
+    if kind == "full":
+        return stack.enter_context(open("/dev/full", "w"))
     reader, writer = os.pipe()
     os.close(reader)
-    try:
-        return subprocess.run(command, stdout=writer, stderr=subprocess.PIPE, text=True, env=env)
-    finally:
-        os.close(writer)
+    stack.callback(os.close, writer)
+    return writer
 
 
 def _assert_status(result: subprocess.CompletedProcess, sink: str) -> None:
@@ -96,3 +102,19 @@ def test_a_bad_input_is_still_status_2_with_stdout_gone(tiny_dir):
         assert result.returncode == 2 and result.stderr.startswith("ctxext: error: factor must be greater than 1")
         assert result.stderr.count("\n") == 1
     assert snapshot(tiny_dir) == before
+
+
+@pytest.mark.parametrize("sink", SINKS)
+def test_standard_error_gone_keeps_the_exit_status(tiny_dir, sink):
+    """With standard error failing too, the error line is lost but not the status, and nothing else changes:
+    a bad input is still 2 with the files untouched, finished work 0 (or 3 when stdout is full as well)."""
+    before = snapshot(tiny_dir)
+    assert _run(["patch", "--method", "yarn", "--factor", "0.5", tiny_dir], "pipe", stderr=sink).returncode == 2
+    assert _run(["info", tiny_dir / "missing"], "pipe", stderr=sink).returncode == 2
+    assert snapshot(tiny_dir) == before
+    done = _run(["patch", "--method", "yarn", "--factor", "2", tiny_dir], "pipe", stderr=sink)
+    assert done.returncode == 0 and "yarn" in done.stdout
+    assert json.loads((tiny_dir / "config.json").read_text())["ctxext"]["method"] == "yarn"
+    both = _run(["unpatch", tiny_dir], sink, stderr=sink)
+    assert both.returncode == (REPORT_LOST if sink == "full" else READER_GONE)
+    assert not (tiny_dir / "config.json.ctxext-orig").exists()

@@ -4,7 +4,8 @@ Every bad input ends with one ``ctxext: error: ...`` line and exit status 2, fil
 end with one line and exit status 130. What a command prints never decides what it does: a failed write to
 standard output is remembered and the command goes on to its end; then a full disk or a failing device is one line
 and exit status 3 (the work is done, its report lost), and a reader that went away (``ctxext methods | head -1``)
-ends the command silently with status 141, as SIGPIPE ends a Unix tool.
+ends the command silently with status 141, as SIGPIPE ends a Unix tool. Standard error is guarded the same way:
+when it cannot be written (``2>/dev/full``, a closed pipe) the error line is lost but the exit status is kept.
 
 Only the chosen subcommand's flags are built (a method-parameter flag needs the method registry, which loads
 torch), so ``ctxext --help`` answers without importing torch.
@@ -60,9 +61,9 @@ def _chosen(argv: list[str]) -> str | None:
     return next((word for word in argv if word in COMMANDS), None)
 
 
-class _Stdout:
-    """Standard output for a command: the first failed write is kept in ``error`` and later output dropped, so
-    that a full disk or a closed pipe never stops the work half-way."""
+class _Output:
+    """Standard output or error for a command: the first failed write is kept in ``error`` and later output
+    dropped, so that a full disk or a closed pipe never stops the work half-way."""
 
     def __init__(self, stream):
         self.stream = stream
@@ -99,7 +100,7 @@ class _Stdout:
         return getattr(self.stream, name)
 
 
-def _finish(stdout: _Stdout, status: int) -> int:
+def _finish(stdout: _Output, status: int) -> int:
     """The exit status of a command that returned ``status``, once what it printed is flushed."""
     stdout.flush()
     if stdout.error is None:
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     too, with its traceback only under ``CTXEXT_DEBUG=1``; a failed write to standard output is status 3 or 141
     (see the module docstring)."""
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    stdout = sys.stdout = _Stdout(sys.stdout)
+    stdout = sys.stdout = _Output(sys.stdout)
+    stderr = sys.stderr = _Output(sys.stderr)
     try:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # config warnings would bury our one-line errors
         if "transformers" in sys.modules:  # already imported (by the caller): the variable is read only at import
@@ -156,6 +158,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     finally:
-        sys.stdout = stdout.stream
+        sys.stdout, sys.stderr = stdout.stream, stderr.stream
         signal.signal(signal.SIGTERM, previous)
     return 2
