@@ -45,7 +45,12 @@ $(ENGINES)/vllm/.built:
 	$(ENGINES)/vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
-engines: $(ENGINES)/llama/.built $(ENGINES)/vllm/.built
+# lm-eval beside vLLM, for `ctxext eval --backend vllm --lm-eval-tasks` (lm-eval's own vllm model)
+$(ENGINES)/vllm/.lm-eval: $(ENGINES)/vllm/.built
+	$(ENGINES)/vllm/bin/python -m pip install -q "lm-eval>=0.4.13"
+	touch $@
+
+engines: $(ENGINES)/llama/.built $(ENGINES)/vllm/.built $(ENGINES)/vllm/.lm-eval
 
 test-engines: install engines
 	$(PY) -m pytest -q -m engines

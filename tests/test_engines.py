@@ -229,6 +229,22 @@ def test_llama_cpp_answers_as_transformers_does(backend_out):
             assert _perplexity(record) == pytest.approx(_perplexity(reference[key]), rel=0.01), key
 
 
+def test_vllm_runs_lm_evals_tasks_as_transformers_does(tmp_path):
+    """``--lm-eval-tasks`` on vLLM (lm-eval's own vllm model on the patched directory) scores what lm-eval's HFLM
+    scores on the model extended in memory: vLLM answers transformers' tokens."""
+    args = ["--method", "yarn", "--factor", "2", "--tasks", "passkey", "--lengths", "1k", "--samples", "2"]
+    args += ["--depths", "1", "--lm-eval-tasks", "ctxext_passkey,ctxext_niah_single_2"]
+    out = tmp_path / "report"
+    _eval(args, out)
+    records = _eval(args, out, "vllm")
+    lm_eval = {
+        backend: {k[0]: r["results"] for k, r in found.items() if k[1] == "lm-eval"}
+        for backend, found in records.items()
+    }
+    assert set(lm_eval["vllm"]) == {"unpatched", "yarn"}
+    assert lm_eval["vllm"] == lm_eval["transformers"]
+
+
 def test_llama_cpp_group_attention_runs_self_extend(tmp_path):
     """SelfExtend through llama.cpp's group attention (G 4, W 1024: before the answer the KV cache of a 2k prompt
     is regrouped, positions shifted and divided by 4) finds the pass key at depth 0.25 as ctxext's self-extend does.

@@ -15,6 +15,7 @@ from ctxext.cli import main
 from ctxext.errors import CtxextError
 from ctxext.eval import runner
 from ctxext.eval.agreement import compare
+from ctxext.eval.constants import LM_EVAL
 from ctxext.eval.engine_process import EngineProcess
 from ctxext.eval.store import RECORDS
 
@@ -54,7 +55,7 @@ def one_thread():
         (["--backend", "llama.cpp", "--method", "yarn"], "--backend llama.cpp runs a .gguf file and"),
         (["--backend", "vllm", "--method", "yarn", "--device", "meta"], "the engine picks its own device"),
         (["--backend", "llama.cpp", "--dtype", "bfloat16"], "computes in the GGUF file's own tensor types"),
-        (["--backend", "vllm", "--method", "yarn", "--lm-eval-tasks", "x"], "run on the transformers backend only"),
+        (["--backend", "llama.cpp", "--lm-eval-tasks", "x"], "run on the transformers and vllm backends"),
         (["--backend", "vllm", "--method", "yarn", "--engine-python", "/nonexistent"], "/nonexistent: no such file"),
         (["--backend", "vllm", "--method", "yarn", "--engine-python", sys.executable], "cannot import vllm"),
     ],
@@ -201,6 +202,31 @@ def test_an_engine_run_beside_transformers_in_one_out(fake_vllm, tiny_eval_dir, 
     assert len(_records(out)) == 2 * units
     report = json.loads((out / "report.json").read_text())
     assert report["meta"]["backend"] == "transformers" and {r["backends"][1] for r in report["backends"]} == {"vllm"}
+
+
+def test_lm_eval_tasks_run_lm_evals_vllm_model_on_each_patched_directory(fake_vllm, tiny_eval_dir, tmp_path):
+    """``--lm-eval-tasks`` on vLLM: each configuration's checkpoint (unpatched, yarn x2) goes to lm-eval's own
+    ``vllm`` model (the stand-in lm-eval reports what it was given), its metrics logged as on transformers."""
+    out = tmp_path / "report"
+    lm_eval = ["--lm-eval-tasks", "ctxext_passkey,ctxext_niah_single_2", "--lm-eval-limit", "3"]
+    argv = ["eval", str(tiny_eval_dir), *ARGS, "--backend", "vllm", "--engine-python", fake_vllm, *lm_eval]
+    assert main([*argv, "--out", str(out)]) == 0
+    found = {r["method"]: r for r in _records(out) if r["task"] == LM_EVAL}
+    assert set(found) == {"unpatched", "yarn"}
+    for method, factor in (("unpatched", 1.0), ("yarn", 2.0)):
+        record = found[method]
+        assert record["backend"] == "vllm" and record["max_length"] == 1024
+        for task in ("ctxext_passkey", "ctxext_niah_single_2"):
+            assert record["results"][task] == {
+                "max_model_len": 1024,
+                "factor": factor,
+                "limit": 3,
+                "found": 1.0,
+                "same_tokenizer": 1.0,
+            }
+    assert "## lm-eval" in (out / "report.md").read_text()
+    assert main([*argv, "--out", str(out)]) == 0  # resumed: nothing run twice
+    assert len([r for r in _records(out) if r["task"] == LM_EVAL]) == 2
 
 
 # -- the side-by-side numbers, from records alone -------------------------------------------------------------

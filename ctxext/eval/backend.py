@@ -1,8 +1,9 @@
 """Where evaluation units run: the backend seam. :class:`TransformersBackend` runs them on an in-memory model.
 
 A backend switches to a configuration (the unpatched model, or a method with its parameters), answers a
-prompt greedily, and scores a perplexity window. The run loop (``loop.py``) only talks to this interface, so
-an engine (vLLM, llama.cpp) plugs in as one more backend with the same three calls.
+prompt greedily, scores a perplexity window, and runs lm-eval's tasks (``--lm-eval-tasks``). The run loop
+(``loop.py``) and ``runner.run_lm_eval_tasks`` only talk to this interface, so an engine (vLLM, llama.cpp)
+plugs in as one more backend with the same calls.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from ..model.extend import extend, is_extended, restore
 from . import perplexity
 from .generation import greedy_generate
+from .lm_eval_bridge import LmEvalRun, evaluate
 from .samples import Sample
 
 
@@ -57,6 +59,11 @@ class TransformersBackend:
 
     def score_window(self, ids, index: int, length: int, stride: int, bucket: int) -> perplexity.WindowResult:
         return perplexity.score_window(self.model, ids, index, length, stride, bucket)
+
+    def lm_eval(self, setup: Setup, run: LmEvalRun) -> dict:
+        """lm-eval's results for ``run`` on the model under ``setup`` (lm-eval's HFLM on the model in memory)."""
+        self.use(setup)
+        return evaluate(self.model, self.tokenizer, run)
 
     def close(self) -> None:
         """Take off any method this backend applied."""

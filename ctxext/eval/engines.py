@@ -43,31 +43,35 @@ def check_backend(backend: str, *, dtype: str, device: str, lm_eval: bool) -> No
     if backend == TRANSFORMERS:
         return
     name = f"--backend {backend}"
-    if lm_eval:
-        raise CtxextError(f"{name}: --lm-eval-tasks run on the transformers backend only")
+    if lm_eval and backend != "vllm":
+        raise CtxextError(
+            f"{name}: --lm-eval-tasks run on the transformers and vllm backends (lm-eval reaches llama.cpp only "
+            "through a running llama.cpp server)"
+        )
     if device != "cpu":
         raise CtxextError(f"{name}: the engine picks its own device; --device is for the transformers backend")
     if backend == "llama.cpp" and dtype != "float32":
         raise CtxextError(f"{name} computes in the GGUF file's own tensor types; --dtype is for the others")
 
 
-def engine_python(backend: str, given: str | None) -> str:
+def engine_python(backend: str, given: str | None, *, lm_eval: bool = False) -> str:
     """The Python that runs ``backend``'s worker: ``given``, else ``.engines/<venv>/bin/python`` under the current
-    directory, else this Python; refused in one line when it cannot import the engine."""
-    module = MODULES[backend]
+    directory, else this Python; refused in one line when it cannot import the engine (or, for ``lm_eval``:
+    ``--lm-eval-tasks``, lm-eval)."""
     built = Path(".engines") / VENVS[backend] / "bin" / "python"
     python = given or (str(built) if built.is_file() else sys.executable)
     if given is not None and not Path(given).is_file():
         raise CtxextError(f"--engine-python {given}: no such file")
-    found = subprocess.run(
-        [python, "-c", f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"],
-        capture_output=True,
-    )
-    if found.returncode != 0:
-        raise CtxextError(
-            f"--backend {backend}: {python} cannot import {module}; build the engine's venv (make engines) "
-            "or give --engine-python PATH"
+    for module in (MODULES[backend], "lm_eval") if lm_eval else (MODULES[backend],):
+        found = subprocess.run(
+            [python, "-c", f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"],
+            capture_output=True,
         )
+        if found.returncode != 0:
+            raise CtxextError(
+                f"--backend {backend}: {python} cannot import {module}; build the engine's venv (make engines) "
+                "or give --engine-python PATH"
+            )
     return python
 
 

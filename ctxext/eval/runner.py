@@ -36,7 +36,7 @@ from .backend import Setup, TransformersBackend
 from .constants import BASELINE, DEFAULT_DEPTHS, LM_EVAL, THRESHOLD
 from .engine_backend import EngineBackend
 from .engines import TRANSFORMERS, EngineSetup, check_backend, check_engine_run, engine_python
-from .lm_eval_bridge import evaluate, require_lm_eval, task_manager
+from .lm_eval_bridge import LmEvalRun, require_lm_eval, task_manager
 from .loop import WindowSettings, run_units
 from .passkey import PasskeyResult, run_samples
 from .samples import Sample
@@ -110,7 +110,7 @@ class Checked:
 
     location: ModelLocation
     model_config: Any  # the model's config, read without its weights
-    lm_eval_manager: Any = None  # lm-eval's TaskManager when --lm-eval-tasks is given
+    lm_eval: LmEvalRun | None = None  # --lm-eval-tasks, their TaskManager built
     engine: dict[str, EngineSetup] | None = None  # an engine backend: how it runs each configuration
     engine_python: str | None = None
 
@@ -133,10 +133,11 @@ def check_config(config: EvalConfig) -> Checked:
     _check_methods(config, found.model_config)
     if config.backend != TRANSFORMERS:
         found.engine = check_engine_run(config.backend, location, found.model_config, setups(config))
-        found.engine_python = engine_python(config.backend, config.engine_python)
+        found.engine_python = engine_python(config.backend, config.engine_python, lm_eval=bool(config.lm_eval_tasks))
     if config.lm_eval_tasks:
         require_lm_eval()
-        found.lm_eval_manager = task_manager(config.lm_eval_tasks, _lm_eval_metadata(config, location))
+        found.lm_eval = LmEvalRun(config.lm_eval_tasks, _lm_eval_metadata(config, location), config.lm_eval_limit)
+        found.lm_eval.manager = task_manager(found.lm_eval)
     return found
 
 
@@ -329,18 +330,13 @@ def plan_units(config: EvalConfig, n_corpus_tokens: int | None) -> list[tuple[st
     return units
 
 
-def run_lm_eval_tasks(
-    backend: TransformersBackend, manager, config: EvalConfig, store: RecordStore, max_length: int
-) -> None:
-    """Each method's lm-eval results, logged like samples so that a resumed run skips them."""
-    tasks_key = ",".join(config.lm_eval_tasks)
+def run_lm_eval_tasks(backend, run: LmEvalRun, config: EvalConfig, store: RecordStore) -> None:
+    """Each method's lm-eval results (``backend.lm_eval``), logged like samples so that a resumed run skips them."""
+    tasks_key = ",".join(run.tasks)
     for label, setup in setups(config).items():
         if (label, LM_EVAL, 0, tasks_key) in store:
             continue
-        backend.use(setup)
-        results = evaluate(
-            backend.model, backend.tokenizer, config.lm_eval_tasks, max_length, manager, config.lm_eval_limit
-        )
+        results = backend.lm_eval(setup, run)
         store.add(
             {
                 "method": label,
@@ -348,7 +344,7 @@ def run_lm_eval_tasks(
                 "length": 0,
                 "sample": tasks_key,
                 "results": results,
-                "max_length": max_length,
+                "max_length": run.max_length,
             }
         )
 
@@ -396,8 +392,9 @@ def run(config: EvalConfig) -> dict:
         try:
             windows = WindowSettings(ids, config.ppl_stride, config.ppl_bucket) if ids is not None else None
             run_units(backend, todo, setups(config), samples, store, windows=windows)
-            if config.lm_eval_tasks:
-                run_lm_eval_tasks(backend, checked.lm_eval_manager, config, store, max(extended, *config.lengths))
+            if checked.lm_eval is not None:
+                checked.lm_eval.max_length = max(extended, *config.lengths)
+                run_lm_eval_tasks(backend, checked.lm_eval, config, store)
         finally:
             backend.close()
         meta = {
