@@ -45,9 +45,10 @@ $(ENGINES)/vllm/.built:
 	$(ENGINES)/vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
-# lm-eval beside vLLM, for `ctxext eval --backend vllm --lm-eval-tasks` (lm-eval's own vllm model)
+# lm-eval beside vLLM, for `ctxext eval --backend vllm --lm-eval-tasks` (lm-eval's own vllm model), and what
+# the ctxext_* tasks import besides ctxext itself (their prompts are built by ctxext, found beside the worker)
 $(ENGINES)/vllm/.lm-eval: $(ENGINES)/vllm/.built
-	$(ENGINES)/vllm/bin/python -m pip install -q "lm-eval>=0.4.13"
+	$(ENGINES)/vllm/bin/python -m pip install -q "lm-eval>=0.4.13" "wonderwords>=2.2"
 	touch $@
 
 engines: $(ENGINES)/llama/.built $(ENGINES)/vllm/.built $(ENGINES)/vllm/.lm-eval

