@@ -15,6 +15,8 @@ __version__ = "0.0.fake"
 def simple_evaluate(model, model_args, tasks, task_manager, limit, log_samples, bootstrap_iters):
     if model != "vllm":
         raise ValueError(f"the worker asked for lm-eval's {model!r} model, not 'vllm'")
+    from .models import vllm_causallms  # as lm-eval's registry imports it; the worker imported it first
+
     with open(os.path.join(model_args["pretrained"], "config.json")) as f:
         scaling = json.load(f).get("rope_scaling") or {}
     tokenizer = task_manager.metadata["tokenizer"]
@@ -27,6 +29,7 @@ def simple_evaluate(model, model_args, tasks, task_manager, limit, log_samples, 
                 "limit,none": limit,
                 "found,none": float(task in task_manager.all_tasks),
                 "same_tokenizer,none": float(tokenizer == model_args["pretrained"]),
+                "vllm_version,none": vllm_causallms.VLLM_VERSION,
                 "factor_stderr,none": "N/A",
             }
             for task in tasks
